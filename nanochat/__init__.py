@@ -1,0 +1,1 @@
+"""nanochat: a nanochat-compatible training stack (tokenizer, GPT, Muon+AdamW, resumable training)."""

@@ -1,0 +1,1 @@
+"""nanotui: a detached supervisor and terminal dashboard for nanochat training runs."""
