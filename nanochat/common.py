@@ -1,0 +1,250 @@
+"""Shared runtime helpers: devices, torchrun/DDP setup, base directory, rank-0 printing, peak FLOPs, usage errors."""
+import argparse
+import os
+import re
+import sys
+import tempfile
+
+# torch is imported inside the functions that need it, so that light entry points (dataset download, report)
+# that only use the usage-error and base-dir helpers start quickly.
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Usage errors: bad user input becomes one line on stderr and exit code 2, never a traceback.
+
+class UsageError(Exception):
+    """Bad user input. Entry points print `error: <message>` on one line and exit 2."""
+
+
+def one_line(message) -> str:
+    """Collapse a message onto a single line (usage errors must stay one line)."""
+    return " ".join(str(message).split())
+
+
+def run_main(fn, argv=None):
+    """Run a script's `main()`; a UsageError becomes `error: <msg>` on stderr and exit 2.
+
+    `fn` is called as `fn()` (or `fn(argv)` when argv is given). An int returned by `fn` is the exit code.
+    """
+    try:
+        result = fn() if argv is None else fn(argv)
+    except UsageError as exc:
+        sys.stdout.flush()
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2 through run_main) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Devices and distributed setup.
+
+def autodetect_device_type() -> str:
+    """Best available device type: "cuda" > "mps" > "cpu"."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={value!r} is not an integer; "
+                         f"unset it or launch with torchrun") from None
+
+
+def _torchrun_env():
+    """(launched_by_torchrun, rank, local_rank, world_size) from torchrun's environment variables."""
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    world_size = _env_int("WORLD_SIZE", 1)
+    return launched, rank, local_rank, world_size
+
+
+def get_dist_info():
+    """(ddp, rank, local_rank, world_size). ddp is True only when a process group with more than one rank is up."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        world_size = dist.get_world_size()
+        rank = dist.get_rank()
+        local_rank = _env_int("LOCAL_RANK", rank)
+        return world_size > 1, rank, local_rank, world_size
+    _, rank, local_rank, world_size = _torchrun_env()
+    return False, rank, local_rank, world_size
+
+
+def is_rank0() -> bool:
+    """True on rank 0 (or without distributed training)."""
+    dist = sys.modules.get("torch.distributed")  # if torch was never imported there is no process group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return _env_int("RANK", 0) == 0
+
+
+def print0(*args, **kwargs):
+    """print() on rank 0 only, always flushed (the supervisor tails our output)."""
+    if is_rank0():
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+
+def compute_init(device_type=None, seed=42):
+    """Set up the device and, under torchrun with WORLD_SIZE > 1, the process group (NCCL on CUDA, Gloo otherwise).
+
+    Returns (ddp, rank, local_rank, world_size, device). Seeds torch with `seed` (same on every rank: the model
+    initialisation must agree across ranks). On CUDA enables TF32 matmuls and pins the device to LOCAL_RANK.
+    """
+    import torch
+    import torch.distributed as dist
+
+    device_type = device_type or autodetect_device_type()
+    if device_type not in ("cuda", "mps", "cpu"):
+        raise UsageError(f"unknown device type {device_type!r}; use cuda, mps or cpu")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device type cuda requested but no CUDA GPU is visible; use --device_type=cpu")
+    if device_type == "mps" and autodetect_device_type() != "mps":
+        raise UsageError("device type mps requested but MPS is not available; use --device_type=cpu")
+
+    launched, rank, local_rank, world_size = _torchrun_env()
+    ddp = launched and world_size > 1
+    if ddp and device_type == "mps":
+        raise UsageError("multi-process training is not supported on MPS; run a single process")
+
+    torch.manual_seed(seed)
+    if device_type == "cuda":
+        torch.cuda.manual_seed(seed)
+        torch.set_float32_matmul_precision("high")
+
+    if ddp and device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are "
+                             f"visible; lower --nproc_per_node")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl", device_id=device)
+        dist.barrier()
+    elif ddp:
+        device = torch.device(device_type)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
+        dist.barrier()
+    elif device_type == "cuda":
+        device = torch.device("cuda", local_rank if launched and local_rank < torch.cuda.device_count() else 0)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(device_type)
+    return ddp, rank, local_rank, world_size, device
+
+
+def compute_cleanup():
+    """Tear down the process group if one is up."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Base directory.
+
+_verified_base_dirs = set()
+
+
+def get_base_dir() -> str:
+    """$NANOCHAT_BASE_DIR or ~/.cache/nanochat, created if missing; UsageError if it cannot be created or written."""
+    configured = os.environ.get("NANOCHAT_BASE_DIR")
+    base = os.path.abspath(os.path.expanduser(configured if configured else os.path.join("~", ".cache", "nanochat")))
+    if base in _verified_base_dirs:
+        return base
+    fix = "set NANOCHAT_BASE_DIR to a writable directory"
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create base directory {base} ({exc.strerror or exc}); {fix}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"base directory {base} is not writable ({exc.strerror or exc}); {fix}")
+    _verified_base_dirs.add(base)
+    return base
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Peak FLOPs and MFU.
+
+# bf16 dense tensor-core peak (FLOP/s) by device name, as reported by torch.cuda.get_device_name. Names are
+# normalised (lower case, "nvidia"/"geforce" dropped, single spaces) and must match a pattern in full, so that
+# variants with a different peak (RTX 4090 D, laptop parts, H100 NVL vs SXM, MIG slices) are never given a
+# wrong number: unknown cards get None and the trainer prints `mfu: n/a`.
+PEAK_BF16_FLOPS = [
+    (r"rtx 4090", 165.2e12),
+    (r"rtx 3090", 71e12),
+    (r"a100([ -].*)?", 312e12),
+    (r"h100( \d+gb)? hbm3|h100 sxm5?( \d+gb)?( hbm3)?", 989e12),
+    (r"h100( \d+gb)? pcie", 756e12),
+    (r"h100 nvl", 835e12),
+    (r"h200( \d+gb)?( hbm3e)?", 989e12),
+    (r"l4", 121e12),
+    (r"l40s", 362e12),
+    (r"a10", 125e12),
+]
+
+
+def _normalise_device_name(name: str) -> str:
+    name = name.lower()
+    name = re.sub(r"\b(nvidia|geforce)\b", " ", name)
+    return " ".join(name.split())
+
+
+def peak_flops_for_name(name: str):
+    """bf16 dense peak FLOP/s for a CUDA device name, or None when the card is not in the table."""
+    normalised = _normalise_device_name(name)
+    if "mig" in normalised.split():
+        return None  # a slice of a GPU: the full-card peak would be wrong
+    for pattern, flops in PEAK_BF16_FLOPS:
+        if re.fullmatch(pattern, normalised):
+            return flops
+    return None
+
+
+def get_peak_flops(device=None):
+    """bf16 dense peak FLOP/s of the GPU in use; None for CPU, MPS and unknown cards (never a guess)."""
+    import torch
+
+    if device is None:
+        device = autodetect_device_type()
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return peak_flops_for_name(torch.cuda.get_device_name(device))
+
+
+def compute_mfu(flops_per_token, tokens_per_sec, peak_flops, world_size=1):
+    """Model FLOPs utilisation in percent, or None when the peak is unknown."""
+    if not peak_flops:
+        return None
+    return 100.0 * flops_per_token * tokens_per_sec / (peak_flops * world_size)
+
+
+def format_mfu(value) -> str:
+    """`45.67` for a percentage, `n/a` for None (the log field after `mfu: `)."""
+    return "n/a" if value is None else f"{value:.2f}"
