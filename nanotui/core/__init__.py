@@ -1,0 +1,1 @@
+"""Pure logic of nanotui: log parsing, events, ETA, OOM policy, pipeline plans, checkpoint discovery."""
