@@ -1,0 +1,540 @@
+"""The TUI's data layer: RunView reads a run directory (runtime), parses logs (core), keeps bounded history, emits snapshots.
+
+Widgets never touch files: a worker thread owns one RunView, calls attach() (fast: log tail + state),
+load_history() (every log from the start) and then poll() on a timer; each returns an immutable RunSnapshot.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from nanotui.runtime.rundir import RunDir, RunNotFound
+from nanotui.runtime.tail import LogTailer, read_tail
+from nanotui.tui import coreapi
+from nanotui.tui.widgets.chart import ChartData
+
+LOG_NAME_RE = re.compile(r"^(\d+)-(.+)-a(\d+)\.log$")
+TAIL_BYTES = 128 * 1024
+LOG_TAIL_LINES = 500
+GPU_TREND = 120  # samples (≈ 2 minutes at 1 Hz)
+
+
+class Decimator:
+    """A bounded (x, ymin, ymax) series: past `cap` buckets it merges neighbours, so memory stays O(cap)."""
+
+    def __init__(self, cap: int = 2048):
+        self.cap = cap
+        self.stride = 1  # raw points per bucket
+        self.buckets: list[list[float]] = []  # [x_first, ymin, ymax, n]
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def append(self, x: float, y: float) -> None:
+        last = self.buckets[-1] if self.buckets else None
+        if last is not None and last[3] < self.stride and x >= last[0]:
+            last[1] = min(last[1], y)
+            last[2] = max(last[2], y)
+            last[3] += 1
+            return
+        self.buckets.append([x, y, y, 1])
+        if len(self.buckets) > self.cap:
+            merged = []
+            for i in range(0, len(self.buckets) - 1, 2):
+                a, b = self.buckets[i], self.buckets[i + 1]
+                merged.append([a[0], min(a[1], b[1]), max(a[2], b[2]), a[3] + b[3]])
+            if len(self.buckets) % 2:
+                merged.append(self.buckets[-1])
+            self.buckets = merged
+            self.stride *= 2
+
+    def truncate(self, x: float) -> None:
+        """Drop everything from step `x` on (a restart re-runs those steps)."""
+        while self.buckets and self.buckets[-1][0] >= x:
+            self.buckets.pop()
+
+    def points(self) -> tuple[tuple[float, float, float], ...]:
+        return tuple((b[0], b[1], b[2]) for b in self.buckets)
+
+
+@dataclass
+class StageHistory:
+    """Everything the chart needs about one training stage, bounded."""
+    loss: Decimator = field(default_factory=Decimator)
+    val: deque = field(default_factory=lambda: deque(maxlen=512))
+    markers: dict = field(default_factory=dict)  # (step, kind) -> None, insertion ordered
+    total: int | None = None
+    last_step: int | None = None
+
+    def add_step(self, step: int, loss: float) -> None:
+        if self.last_step is not None and step <= self.last_step:
+            self.loss.truncate(step)
+            while self.val and self.val[-1][0] > step:
+                self.val.pop()
+        self.loss.append(step, loss)
+        self.last_step = step
+
+    def add_val(self, step: int, value: float) -> None:
+        while self.val and self.val[-1][0] >= step:
+            self.val.pop()
+        self.val.append((step, value))
+
+    def mark(self, step: int | None, kind: str) -> None:
+        """One marker per (step, kind); an OOM seen both in the log and in events.jsonl counts once."""
+        if kind == "oom" and step is not None and any(k == "oom" and abs(s - step) <= 2 for s, k in self.markers):
+            return
+        if step is not None and (step, kind) not in self.markers:
+            if len(self.markers) > 2000:
+                self.markers.pop(next(iter(self.markers)))
+            self.markers[(step, kind)] = None
+
+
+@dataclass(frozen=True)
+class StageRow:
+    name: str
+    state: str
+    elapsed_s: float | None
+    eta_s: float | None
+    attempts: int
+    device_bs: int | None
+    trains: bool
+
+
+@dataclass(frozen=True)
+class GpuView:
+    available: bool
+    reason: str | None = None
+    name: str | None = None
+    mem_used: int | None = None
+    mem_total: int | None = None
+    proc_mem: int | None = None
+    util: float | None = None
+    temp: float | None = None
+    power_w: float | None = None
+    mem_trend: tuple[float, ...] = ()
+    cpu_pct: float | None = None
+    ram_used: int | None = None
+    ram_total: int | None = None
+    cpu_trend: tuple[float, ...] = ()
+    ram_trend: tuple[float, ...] = ()
+    age_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StepView:
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    tok_per_sec: float | None = None
+    mfu: float | None = None
+    lrm: float | None = None
+    dt_ms: float | None = None
+    val_bpb: float | None = None
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """One immutable picture of a run: what every widget renders from."""
+    run_id: str
+    path: Path
+    profile: str = "?"
+    phase: str = "starting"
+    stage: str | None = None
+    stage_index: int | None = None
+    attempt: int | None = None
+    device_bs: int | None = None
+    seq_len: int | None = None
+    wandb_run: str | None = None
+    reason: str | None = None
+    supervisor_alive: bool = False
+    stages: tuple[StageRow, ...] = ()
+    stage_eta_s: float | None = None
+    pipeline_eta_s: float | None = None
+    pipeline_eta_complete: bool = False
+    metrics: StepView = StepView()
+    chart: ChartData = ChartData()
+    chart_stage: str | None = None
+    training_stages: tuple[str, ...] = ()
+    gpu: GpuView = GpuView(available=False, reason="no samples yet")
+    log_tail: tuple[str, ...] = ()
+    log_name: str | None = None
+    pending_oom: dict | None = None
+    last_checkpoint: dict | None = None
+    grace: object = None
+    history_loaded: bool = False
+    now: float = 0.0
+
+
+def log_key(p: Path) -> tuple[int, int, str]:
+    m = LOG_NAME_RE.match(p.name)
+    return (int(m.group(1)), int(m.group(3)), m.group(2)) if m else (10 ** 9, 0, p.name)
+
+
+class RunView:
+    """Reads one run directory incrementally. Not thread-safe: one worker thread owns it."""
+
+    def __init__(self, run_dir: Path, clock: Callable[[], float] = time.time, chart_cap: int = 2048):
+        self.rd = RunDir(run_dir)
+        self.clock = clock
+        self.chart_cap = chart_cap
+        self.plan: dict = {}
+        self.state: dict = {}
+        self.history: dict[str, StageHistory] = {}
+        self.metrics: dict[str, StepView] = {}
+        self.log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self.tail_log: Path | None = None
+        self.tailer: LogTailer | None = None
+        self.parser = None
+        self.event_offset = 0
+        self.gpu_samples: deque[dict] = deque(maxlen=GPU_TREND)
+        self.history_loaded = False
+        self.chart_stage: str | None = None
+        self._alive = False
+        self._alive_checked = 0.0
+        self.estimator = coreapi.Estimator([])
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _stage_of_log(self, path: Path) -> str:
+        return log_key(path)[2]
+
+    def _trains(self) -> dict[str, bool]:
+        return {s.get("name"): bool(s.get("trains")) for s in self.plan.get("stages", [])}
+
+    def _hist(self, stage: str) -> StageHistory:
+        h = self.history.get(stage)
+        if h is None:
+            h = self.history[stage] = StageHistory(loss=Decimator(self.chart_cap))
+        return h
+
+    def _feed(self, stage: str, lines: list[str], parser, keep_tail: bool) -> None:
+        """Parse lines of one stage log into history/metrics (and the visible tail)."""
+        h = self._hist(stage)
+        m = self.metrics.get(stage, StepView())
+        last_step_ev = None
+        now = self.clock()
+        for ev in coreapi.parse_lines(parser, lines):
+            self.estimator.observe(stage, ev, now)
+            kind = type(ev).__name__
+            if kind == "Step":
+                h.add_step(ev.step, ev.loss)
+                if ev.total:
+                    h.total = ev.total
+                last_step_ev = ev
+            elif kind == "ValBpb":
+                h.add_val(ev.step, ev.bpb)
+                m = replace(m, val_bpb=ev.bpb)
+            elif kind == "ValLoss":
+                h.add_val(ev.step, ev.loss)
+                m = replace(m, val_bpb=ev.loss)
+            elif kind == "CheckpointSaved":
+                h.mark(ev.step, "checkpoint")
+            elif kind == "Oom":
+                h.mark(ev.step if ev.step is not None else h.last_step, "oom")
+        if last_step_ev is not None:
+            ev = last_step_ev
+            m = replace(m, step=ev.step, total=ev.total or h.total, loss=ev.loss, tok_per_sec=ev.tok_per_sec,
+                        mfu=ev.mfu, lrm=ev.lrm, dt_ms=ev.dt_ms)
+        self.metrics[stage] = m
+        if keep_tail:
+            self.log_tail.extend(coreapi.clean_line(s) for s in lines)
+
+    def _read_events(self) -> None:
+        for ev, off in self.rd.iter_events_with_offsets(self.event_offset):
+            self.event_offset = off
+            kind, stage = ev.get("type"), ev.get("stage")
+            if not stage:
+                continue
+            h = self._hist(stage)
+            if kind == "checkpoint":
+                h.mark(ev.get("step"), "checkpoint")
+            elif kind == "oom":
+                h.mark(ev.get("step"), "oom")
+            elif kind == "resumed":
+                h.mark(ev.get("step") or 0, "restart")
+                if ev.get("device_bs") is not None:
+                    h.mark(ev.get("step") or 0, "batch")
+            elif kind == "retry":
+                h.mark(ev.get("step") or h.last_step, "restart")
+
+    def _read_gpu(self, n: int) -> None:
+        last_t = self.gpu_samples[-1].get("t", 0) if self.gpu_samples else -1
+        for s in self.rd.read_gpu(tail=n):
+            if s.get("t", 0) > last_t:
+                self.gpu_samples.append(s)
+
+    def _follow(self, log: Path | None, offset: int) -> None:
+        if log == self.tail_log:
+            return
+        if self.tailer:
+            self.tailer.close()
+        self.tail_log = log
+        self.tailer = LogTailer(log, offset=offset) if log else None
+        self.parser = coreapi.new_parser(self._stage_of_log(log)) if log else None
+
+    def _current_log(self) -> Path | None:
+        logs = self.rd.list_logs()
+        name = self.state.get("log")
+        if name and (self.rd.path / name).exists():
+            return self.rd.path / name
+        return logs[-1] if logs else None
+
+    def _refresh_state(self) -> None:
+        self.state = self.rd.read_state()
+        now = time.monotonic()
+        if now - self._alive_checked > 5:
+            self._alive = self.rd.supervisor_alive()
+            self._alive_checked = now
+
+    # ---- the three phases -------------------------------------------------------------------
+    def attach(self) -> RunSnapshot:
+        """Fast first picture: plan, state, events, recent GPU samples and the current log's tail only."""
+        try:
+            self.plan = self.rd.read_plan()
+        except RunNotFound:
+            self.plan = {}
+        self.estimator = coreapi.Estimator(self.plan.get("stages", []))
+        self._refresh_state()
+        self._read_events()
+        self._read_gpu(GPU_TREND)
+        log = self._current_log()
+        if log is not None:
+            lines, end = read_tail(log, TAIL_BYTES)
+            parser = coreapi.new_parser(self._stage_of_log(log))
+            self._feed(self._stage_of_log(log), lines, parser, keep_tail=True)
+            self._follow(log, end)
+            self.parser = parser
+        return self.snapshot()
+
+    def load_history(self) -> RunSnapshot:
+        """Parse every log of the run from the start (whole-run chart); the live tail is kept."""
+        current = self.tail_log
+        keep_metrics = dict(self.metrics)
+        fresh: dict[str, StageHistory] = {}
+        self.history = fresh
+        self.estimator = coreapi.Estimator(self.plan.get("stages", []))
+        self.event_offset = 0
+        self._read_events()  # supervisor-recorded markers first: they win over log-derived duplicates
+        seen: set[str] = set()
+        for log in self.rd.list_logs():
+            stage = self._stage_of_log(log)
+            parser = coreapi.new_parser(stage)
+            if stage in seen:
+                self.estimator.restart(stage, self.clock())
+            seen.add(stage)
+            end = self.tailer.offset if (current is not None and log == current and self.tailer) else None
+            with open(log, "rb") as f:
+                data = f.read(end) if end is not None else f.read()
+            if end is None and not data.endswith(b"\n"):
+                data = data[: data.rfind(b"\n") + 1]
+            lines = data.decode("utf-8", "replace").split("\n")[:-1]
+            for i in range(0, len(lines), 20000):
+                self._feed(stage, lines[i: i + 20000], parser, keep_tail=False)
+            if log == current:
+                self.parser = parser
+        self.metrics.update({k: v for k, v in keep_metrics.items() if v.step is not None})
+        self.history_loaded = True
+        return self.snapshot()
+
+    def poll(self) -> RunSnapshot:
+        """Pick up what changed since the last call: state, events, GPU samples, new log lines."""
+        self._refresh_state()
+        self._read_events()
+        self._read_gpu(8)
+        log = self._current_log()
+        if log != self.tail_log:
+            if self.tailer is not None:  # finish the old log first
+                rest = self.tailer.read_lines() + self.tailer.flush_partial()
+                if rest:
+                    self._feed(self._stage_of_log(self.tail_log), rest, self.parser, keep_tail=True)
+            self._follow(log, 0)
+            if log is not None and self._stage_of_log(log) in self.history:
+                self.estimator.restart(self._stage_of_log(log), self.clock())
+            if log is not None:
+                self.log_tail.append(f"── {log.name} ──")
+        if self.tailer is not None:
+            lines = self.tailer.read_lines(max_bytes=4 << 20)
+            if lines:
+                self._feed(self._stage_of_log(self.tail_log), lines, self.parser, keep_tail=True)
+        return self.snapshot()
+
+    def close(self) -> None:
+        if self.tailer:
+            self.tailer.close()
+
+    # ---- snapshot ----------------------------------------------------------------------------
+    def training_stages(self) -> list[str]:
+        trains = self._trains()
+        names = [s.get("name") for s in self.plan.get("stages", []) if trains.get(s.get("name"))]
+        return [n for n in names if n in self.history and len(self.history[n].loss)] or \
+            [n for n in self.history if len(self.history[n].loss)]
+
+    def snapshot(self) -> RunSnapshot:
+        now = self.clock()
+        st = self.state
+        stage = st.get("stage")
+        plan_stages = self.plan.get("stages", [])
+        trains = self._trains()
+        tstages = self.training_stages()
+        chart_stage = self.chart_stage if self.chart_stage in tstages else None
+        if chart_stage is None:
+            chart_stage = stage if stage in tstages else (tstages[-1] if tstages else None)
+        metrics_stage = stage if stage in self.metrics else (self.tail_log and self._stage_of_log(self.tail_log))
+        metrics = self.metrics.get(metrics_stage or "", StepView())
+        if metrics.step is None and st.get("step") is not None:
+            metrics = replace(metrics, step=st.get("step"), total=st.get("total"))
+
+        self.estimator.set_states(st.get("stages") or [])
+        rows = []
+        for i, s in enumerate(st.get("stages") or [{"name": p.get("name"), "state": "pending"} for p in plan_stages]):
+            name = s.get("name")
+            started, ended = s.get("started"), s.get("ended")
+            elapsed = (ended or now) - started if started else None
+            eta = self.estimator.stage_eta(name, now)
+            rows.append(StageRow(name=name, state=s.get("state") or "pending", elapsed_s=elapsed, eta_s=eta,
+                                 attempts=s.get("attempts") or 0, device_bs=s.get("device_bs"),
+                                 trains=trains.get(name, False)))
+        stage_eta = next((r.eta_s for r in rows if r.name == stage), None)
+        pipeline_eta, pipeline_eta_complete = self.estimator.pipeline_eta(now) \
+            if st.get("phase") in ("running", "waiting", "starting") else (None, False)
+
+        chart = ChartData()
+        if chart_stage:
+            h = self.history[chart_stage]
+            chart = ChartData(title=chart_stage, line=h.loss.points(), points=tuple(h.val),
+                              markers=tuple(h.markers), x_max=h.total,
+                              points_label="val loss" if chart_stage == "chat_sft" else "val bpb")
+        return RunSnapshot(
+            run_id=self.rd.run_id, path=self.rd.path, profile=self.plan.get("profile") or "?",
+            phase=st.get("phase") or "starting", stage=stage, stage_index=st.get("stage_index"),
+            attempt=st.get("attempt"), device_bs=st.get("device_bs"), seq_len=st.get("seq_len"),
+            wandb_run=st.get("wandb_run"), reason=st.get("reason"), supervisor_alive=self._alive,
+            stages=tuple(rows), stage_eta_s=stage_eta, pipeline_eta_s=pipeline_eta,
+            pipeline_eta_complete=pipeline_eta_complete, metrics=metrics,
+            chart=chart, chart_stage=chart_stage, training_stages=tuple(tstages), gpu=self._gpu_view(now),
+            log_tail=tuple(self.log_tail), log_name=self.tail_log.name if self.tail_log else None,
+            pending_oom=st.get("pending_oom"), last_checkpoint=st.get("last_checkpoint"),
+            grace=st.get("grace", self.plan.get("grace")), history_loaded=self.history_loaded, now=now)
+
+    def _gpu_view(self, now: float) -> GpuView:
+        if not self.gpu_samples:
+            return GpuView(available=False, reason="no GPU samples recorded yet")
+        last = self.gpu_samples[-1]
+        host = last.get("host") or {}
+
+        def frac(s, key, total_key):
+            h = s.get("host") or {}
+            return (h.get(key) or 0) / h.get(total_key) if h.get(total_key) else 0.0
+
+        common = dict(cpu_pct=host.get("cpu_pct"), ram_used=host.get("ram_used"), ram_total=host.get("ram_total"),
+                      cpu_trend=tuple(((s.get("host") or {}).get("cpu_pct") or 0.0) for s in self.gpu_samples),
+                      ram_trend=tuple(frac(s, "ram_used", "ram_total") for s in self.gpu_samples),
+                      age_s=now - last.get("t", now))
+        gpus = last.get("gpus") or []
+        if not last.get("available") or not gpus:
+            return GpuView(available=False, reason=last.get("reason") or "no GPU", **common)
+        g = gpus[0]
+        trend = []
+        for s in self.gpu_samples:
+            gg = (s.get("gpus") or [{}])[0]
+            if gg.get("mem_total"):
+                trend.append((gg.get("mem_used") or 0) / gg["mem_total"])
+        return GpuView(available=True, name=g.get("name"), mem_used=g.get("mem_used"), mem_total=g.get("mem_total"),
+                       proc_mem=g.get("proc_mem"), util=g.get("util"), temp=g.get("temp"), power_w=g.get("power_w"),
+                       mem_trend=tuple(trend), **common)
+
+    def set_chart_stage(self, stage: str | None) -> None:
+        self.chart_stage = stage
+
+
+# ---- data for the secondary screens (called from worker threads or timers, never from widgets) ------------------
+CKPT_STAGE_OF = {"base": "base_train", "mid": "mid_train", "chatsft": "chat_sft"}
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    stage: str          # the pipeline stage that trains into this directory (base_train, ...)
+    step: int
+    time: float
+    val_bpb: float | None
+    size_bytes: int
+    status: str         # valid | unverified | invalid
+    path: str
+    reason: str = ""
+
+
+def base_dir_of(run_dir: Path) -> Path:
+    """The NANOCHAT_BASE_DIR a run belongs to: run.json's base_dir, else the parent of runs/."""
+    try:
+        base = RunDir(run_dir).read_plan().get("base_dir")
+    except RunNotFound:
+        base = None
+    if base and Path(base).is_dir():
+        return Path(base)
+    return Path(run_dir).resolve().parent.parent
+
+
+def list_checkpoints(base_dir: Path) -> list[CheckpointRow]:
+    """Every checkpoint of the base dir (core discovery), newest stage/step last."""
+    from nanotui.core.ckpts import discover
+    rows = []
+    for c in discover(str(base_dir)):
+        rows.append(CheckpointRow(stage=CKPT_STAGE_OF.get(c.stage, c.stage), step=c.step, time=c.mtime,
+                                  val_bpb=c.val_bpb, size_bytes=c.size_bytes, status=c.status,
+                                  path=str(Path(c.path) / f"model_{c.step:06d}.pt"), reason=c.reason))
+    return rows
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    path: Path
+    state: str
+    profile: str | None
+    stage: str | None
+    step: int | None
+    updated: float | None
+    newest_checkpoint: dict | None
+    supervisor_alive: bool
+
+
+def recent_runs(base_dir: Path, limit: int = 50) -> list[RunSummary]:
+    from nanotui.runtime.rundir import list_runs
+    out = []
+    for rd in list_runs(base_dir)[:limit]:
+        try:
+            s = rd.status_summary()
+        except Exception as exc:  # a half-written run must not break the list
+            out.append(RunSummary(rd.run_id, rd.path, f"unreadable: {exc}", None, None, None, None, None, False))
+            continue
+        out.append(RunSummary(run_id=rd.run_id, path=rd.path, state=s.get("state") or "?", profile=s.get("profile"),
+                              stage=s.get("stage"), step=s.get("step"), updated=s.get("updated"),
+                              newest_checkpoint=s.get("last_checkpoint"), supervisor_alive=bool(s.get("supervisor_alive"))))
+    return out
+
+
+class LogFollower:
+    """The logs screen's reader: the last `max_lines` of one log, then new lines as they arrive."""
+
+    def __init__(self, path: Path, max_lines: int = 20000):
+        self.path = Path(path)
+        self.max_lines = max_lines
+        lines, end = read_tail(self.path, 8 << 20)
+        self.truncated = end > 0 and len(lines) > 0 and end >= (8 << 20)
+        self.lines: deque[str] = deque((coreapi.clean_line(s) for s in lines), maxlen=max_lines)
+        self.tailer = LogTailer(self.path, offset=end)
+
+    def poll(self) -> list[str]:
+        new = [coreapi.clean_line(s) for s in self.tailer.read_lines(max_bytes=4 << 20)]
+        self.lines.extend(new)
+        return new
+
+    def close(self) -> None:
+        self.tailer.close()
+
+
+def run_logs(run_dir: Path) -> list[Path]:
+    return RunDir(run_dir).list_logs()
