@@ -1,0 +1,548 @@
+"""The `nanotui` command line: start/run detached runs, attach, inspect (ls/status/logs/ckpts), stop, resume, doctor."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from nanotui.runtime.rundir import RunDir, RunNotFound, default_base_dir, list_runs, resolve_run
+
+NOTIFY_KINDS = ("oom", "fallback", "stage_done", "crashed", "done", "failed")
+
+
+class UsageError(Exception):
+    """A user mistake: printed as one `error: ...` line, exit 2."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _base_dir() -> Path:
+    return default_base_dir()
+
+
+def _resolve(run_id: str | None) -> RunDir:
+    try:
+        return resolve_run(_base_dir(), run_id)
+    except RunNotFound as e:
+        raise UsageError(str(e)) from None
+
+
+def _grace_arg(value: str | None):
+    if value is None:
+        return None
+    from nanotui.core.oom import parse_grace
+    try:
+        return parse_grace(value)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _set_flag(argv: list[str], flag: str, value: str) -> list[str]:
+    """Replace `--flag=V`/`--flag V` (underscore or dash spelling) in argv, else append `--flag=value`."""
+    names = {"--" + flag.replace("-", "_"), "--" + flag.replace("_", "-")}
+    out, i, done = [], 0, False
+    while i < len(argv):
+        a = argv[i]
+        key = a.split("=", 1)[0]
+        if key in names:
+            out.append(f"--{flag}={value}")
+            done = True
+            if "=" not in a:
+                i += 1
+        else:
+            out.append(a)
+        i += 1
+    if not done:
+        out.append(f"--{flag}={value}")
+    return out
+
+
+def _apply_stage_options(plan: dict, stages: str | None, sets: list[str]) -> dict:
+    """`--stages a,b` keeps only those stages (in plan order); `--set stage:--flag=value` edits a stage argv."""
+    if stages:
+        wanted = [s.strip() for s in stages.split(",") if s.strip()]
+        names = [s["name"] for s in plan["stages"]]
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise UsageError(f"unknown stage {unknown[0]!r} for profile {plan['profile']}; stages: {', '.join(names)}")
+        plan["stages"] = [s for s in plan["stages"] if s["name"] in wanted]
+    for item in sets or []:
+        stage_name, sep, flagval = item.partition(":")
+        flag, eq, value = flagval.lstrip("-").partition("=")
+        if not sep or not eq or not flag:
+            raise UsageError(f"--set wants STAGE:--flag=value, got {item!r}")
+        matches = [s for s in plan["stages"] if s["name"] == stage_name]
+        if not matches:
+            raise UsageError(f"--set: no stage {stage_name!r} in this plan")
+        for s in matches:
+            s["argv"] = _set_flag(list(s["argv"]), flag, value)
+            if flag.replace("-", "_") == "num_iterations" and value.isdigit():
+                s["num_iterations"] = int(value)
+    return plan
+
+
+def _launch(rd: RunDir, extra: list[str] = (), wait_s: float = 15.0) -> int:
+    """Start a detached supervisor and wait until it listens (or fails); returns its pid."""
+    from nanotui.runtime.control import ControlClient
+    from nanotui.runtime.supervisor import spawn_supervisor
+    proc = spawn_supervisor(rd, list(extra))
+    client = ControlClient(rd, timeout=2.0)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is not None:
+            if rc == 2:
+                last = _last_line(rd.supervisor_log)
+                raise UsageError(last[len("error: "):] if last.startswith("error: ") else last)
+            if rc == 0:
+                return proc.pid  # a very short run that already finished
+            raise UsageError(f"the supervisor exited with code {rc}; see {rd.supervisor_log}")
+        if rd.socket_path.exists() and client.available():
+            return proc.pid
+        time.sleep(0.05)
+    return proc.pid
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _fmt_step(s: dict) -> str:
+    if s.get("step") is None:
+        return "-"
+    return f"{s['step']}/{s['total']}" if s.get("total") else str(s["step"])
+
+
+def _status_line(s: dict) -> str:
+    bits = [f"{s['run_id']}", s["state"], f"stage {s.get('stage') or '-'} "
+            f"({(s.get('stage_index') or 0) + 1}/{s.get('stages_total') or '?'})", f"step {_fmt_step(s)}"]
+    if s.get("device_bs"):
+        bits.append(f"B={s['device_bs']}")
+    ck = s.get("last_checkpoint")
+    if ck:
+        bits.append(f"ckpt {ck.get('stage')}@{ck.get('step')}")
+    p = s.get("pending_oom")
+    if p:
+        dl = p.get("deadline")
+        bits.append(f"OOM at B={p.get('device_bs')}: ladder {p.get('ladder')}"
+                    + (f", auto in {max(0, dl - time.time()):.0f}s" if dl else ", waiting for a command"))
+    if s.get("reason") and not p:
+        bits.append(s["reason"])
+    return " | ".join(bits)
+
+
+def notify_terminal(message: str, stream=None) -> None:
+    """Terminal bell plus an OSC 9 desktop notification (iTerm2, WezTerm, kitty, Windows Terminal...)."""
+    stream = stream or sys.stdout
+    clean = message.replace("\x07", " ").replace("\x1b", " ")[:200]
+    stream.write(f"\a\x1b]9;nanotui: {clean}\x07")
+    stream.flush()
+
+
+# ------------------------------------------------------------------------------------------- commands
+def cmd_start(a) -> int:
+    from nanotui.core.plan import PlanError, build_plan, collect_overrides
+    flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc, "WANDB_RUN": a.wandb_run}
+    try:
+        plan = build_plan(a.profile, collect_overrides(os.environ, flags), python=sys.executable).to_dict()
+    except PlanError as e:
+        raise UsageError(str(e)) from None
+    plan = _apply_stage_options(plan, a.stages, a.set)
+    return _start_plan(plan, a)
+
+
+def cmd_run(a) -> int:
+    from nanotui.core.plan import PlanError, plan_for_command
+    cmd = list(a.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    try:
+        plan = plan_for_command(cmd, str(_base_dir())).to_dict()
+    except PlanError as e:
+        raise UsageError(str(e)) from None
+    if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
+        raise UsageError(f"command not found: {cmd[0]}")
+    return _start_plan(plan, a)
+
+
+def _start_plan(plan: dict, a) -> int:
+    grace = _grace_arg(a.grace)
+    base = _base_dir()
+    plan.update(base_dir=str(base), cwd=os.getcwd(), grace=60.0 if grace is None else grace)
+    if getattr(a, "stop_timeout", None) is not None:
+        plan["stop_timeout"] = a.stop_timeout
+    base.mkdir(parents=True, exist_ok=True)
+    rd = RunDir.create(base, plan)
+    pid = _launch(rd)
+    print(f"started run {rd.run_id} (supervisor pid {pid}); it keeps running if you log out.")
+    print(f"  watch: nanotui attach   status: nanotui status   stop: nanotui stop   dir: {rd.path}")
+    if getattr(a, "attach", False):
+        return _attach(rd)
+    return 0
+
+
+def cmd_attach(a) -> int:
+    base = _base_dir()
+    if a.run:
+        rd = _resolve(a.run)
+    else:
+        runs = list_runs(base)
+        if not runs:
+            if sys.stdout.isatty() and _dashboard() is not None:
+                return _dashboard()(None, base)
+            raise UsageError("no run to attach to; start one with `nanotui start --profile cpu-demo` "
+                             "(or `nanotui demo`)")
+        rd = _resolve(None)
+    return _attach(rd)
+
+
+def _dashboard():
+    try:
+        from nanotui.tui.app import run_dashboard
+        return run_dashboard
+    except Exception:
+        return None
+
+
+def _attach(rd: RunDir) -> int:
+    if sys.stdout.isatty() and sys.stdin.isatty() and not os.environ.get("NANOTUI_PLAIN"):
+        dash = _dashboard()
+        if dash is not None:
+            return int(dash(rd.path, _base_dir()) or 0)
+    return plain_attach(rd)
+
+
+def plain_attach(rd: RunDir, interval: float = 1.0, out=None) -> int:
+    """A live plain-text status (no TUI): one line per change, bell + OSC 9 on important events, until Ctrl-C."""
+    out = out or sys.stdout
+    stop = threading.Event()
+
+    def listen():
+        from nanotui.runtime.control import ControlClient, ControlError
+        while not stop.is_set():
+            try:
+                for msg in ControlClient(rd, timeout=2.0).subscribe(timeout=0.5):
+                    if stop.is_set():
+                        return
+                    kind = msg.get("notify")
+                    if kind:
+                        out.write(f"[{kind}] {msg.get('message', '')}\n")
+                        if kind in NOTIFY_KINDS:
+                            notify_terminal(msg.get("message", kind), out)
+                        out.flush()
+            except (ControlError, OSError, ValueError):
+                pass
+            if stop.wait(1.0):
+                return
+
+    threading.Thread(target=listen, daemon=True).start()
+    last = None
+    try:
+        while True:
+            s = rd.status_summary()
+            line = _status_line(s)
+            if line != last:
+                out.write(line + "\n")
+                out.flush()
+                last = line
+            if s["state"] in ("done", "failed", "stopped") and not s["supervisor_alive"]:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        out.write("\ndetached; the run goes on (nanotui attach to come back)\n")
+    finally:
+        stop.set()
+    return 0
+
+
+def cmd_ls(a) -> int:
+    runs = list_runs(_base_dir())
+    if a.json:
+        print(json.dumps([r.status_summary() for r in runs], indent=1))
+        return 0
+    if not runs:
+        print(f"no runs in {_base_dir() / 'runs'}")
+        return 0
+    print(f"{'RUN':32} {'STATE':8} {'STAGE':14} {'STEP':>13} {'B':>3}  SUPERVISOR")
+    for r in runs:
+        s = r.status_summary()
+        print(f"{s['run_id']:32} {s['state']:8} {str(s.get('stage') or '-'):14} {_fmt_step(s):>13} "
+              f"{str(s.get('device_bs') or '-'):>3}  {'alive' if s['supervisor_alive'] else '-'}")
+    return 0
+
+
+def cmd_status(a) -> int:
+    rd = _resolve(a.run)
+    s = rd.status_summary()
+    if a.json:
+        print(json.dumps(s, indent=1))
+    else:
+        print(_status_line(s))
+    return 0
+
+
+def cmd_logs(a) -> int:
+    from nanotui.runtime.tail import LogTailer, read_tail
+    rd = _resolve(a.run)
+    log = rd.current_log()
+    if log is None:
+        print("no logs yet", file=sys.stderr)
+        return 0
+    lines, offset = read_tail(log, a.bytes)
+    for line in lines:
+        print(line)
+    if not a.follow:
+        return 0
+    tailer = LogTailer(log, offset=offset)
+    try:
+        while True:
+            new = tailer.read_lines()
+            for line in new:
+                print(line, flush=True)
+            cur = rd.current_log()
+            if cur is not None and cur != log:
+                for line in tailer.read_lines() + tailer.flush_partial():
+                    print(line, flush=True)
+                tailer.close()
+                log, tailer = cur, LogTailer(cur)
+                print(f"==> {cur.name} <==", flush=True)
+                continue
+            if not new:
+                if not rd.supervisor_alive() and rd.read_state().get("phase") not in ("starting", "running"):
+                    for line in tailer.read_lines() + tailer.flush_partial():
+                        print(line, flush=True)
+                    return 0
+                time.sleep(0.25)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_stop(a) -> int:
+    from nanotui.runtime import procs
+    from nanotui.runtime.control import ControlClient, ControlError
+    rd = _resolve(a.run)
+    if rd.supervisor_alive():
+        try:
+            reply = ControlClient(rd).request("stop")
+        except ControlError as e:
+            raise UsageError(str(e)) from None
+        if not reply.get("ok"):
+            raise UsageError(reply.get("error", "stop refused"))
+        print(f"stopping {rd.run_id}: {reply.get('message', '')}")
+        if a.no_wait:
+            return 0
+        timeout = float(rd.read_plan().get("stop_timeout", 120)) + 15
+        deadline = time.monotonic() + timeout
+        while rd.supervisor_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(_status_line(rd.status_summary()))
+        return 0
+    st = rd.read_state()
+    pid, created = st.get("stage_pid"), st.get("stage_pid_created")
+    if pid and procs.pid_matches(pid, created):
+        how = procs.stop_group(int(pid), timeout=float(rd.read_plan().get("stop_timeout", 120)))
+        st = rd.read_state()
+        st.update(phase="stopped", reason="stopped by user (no supervisor was running)", stage_pid=None)
+        idx = st.get("stage_index") or 0
+        if idx < len(st.get("stages", [])):
+            st["stages"][idx]["state"] = "stopped"
+        rd.write_state(st)
+        rd.append_event("stopped", message="stopped by user without a supervisor", pgid=pid, how=how)
+        print(f"stopped {rd.run_id}: process group {pid} {how}")
+        return 0
+    print(f"{rd.run_id} is not running ({rd.status_summary()['state']})")
+    return 0
+
+
+def cmd_resume(a) -> int:
+    from nanotui.runtime.control import ControlClient, ControlError
+    rd = _resolve(a.run)
+    if a.step is not None and a.step < 0:
+        raise UsageError("--step must be >= 0")
+    if a.device_bs is not None and a.device_bs < 1:
+        raise UsageError("--device-bs must be a positive integer")
+    if rd.supervisor_alive():
+        st = rd.read_state()
+        if st.get("phase") != "waiting":
+            raise UsageError(f"run {rd.run_id} already has a supervisor (pid {st.get('supervisor_pid')}); "
+                             f"use `nanotui attach` or `nanotui stop` first")
+        args = {k: v for k, v in (("step", a.step), ("device_bs", a.device_bs)) if v is not None}
+        try:
+            reply = ControlClient(rd).request("resume", **args)
+        except ControlError as e:
+            raise UsageError(str(e)) from None
+        if not reply.get("ok"):
+            raise UsageError(reply.get("error", "resume refused"))
+        print(f"resuming {rd.run_id}")
+        return 0
+    if rd.read_state().get("phase") == "done":
+        raise UsageError(f"run {rd.run_id} is already done; start a new one with `nanotui start`")
+    if a.grace is not None:
+        st = rd.read_state()
+        st["grace"] = _grace_arg(a.grace)
+        rd.write_state(st)
+    extra = ["--resume"]
+    if a.step is not None:
+        extra += ["--step", str(a.step)]
+    if a.device_bs is not None:
+        extra += ["--device-bs", str(a.device_bs)]
+    pid = _launch(rd, extra)
+    print(f"resumed {rd.run_id} (supervisor pid {pid})")
+    return 0
+
+
+def cmd_ckpts(a) -> int:
+    from nanotui.core import ckpts
+    base = _base_dir()
+    subdirs = None
+    if a.run or list_runs(base):
+        rd = _resolve(a.run)
+        subdirs = {s.get("ckpt_subdir") for s in rd.read_plan().get("stages", []) if s.get("ckpt_subdir")}
+    infos = ckpts.discover(str(base))
+    if subdirs:
+        infos = [c for c in infos if f"{c.stage}_checkpoints/{c.tag}" in subdirs] or infos
+    if a.json:
+        print(json.dumps([c.to_dict() for c in infos], indent=1))
+        return 0
+    if not infos:
+        print(f"no checkpoints under {base}")
+        return 0
+    print(f"{'STAGE':8} {'TAG':8} {'STEP':>7} {'STATUS':11} {'SIZE':>10} {'VAL_BPB':>8} {'B':>3}  NOTE")
+    for c in infos:
+        size = f"{c.size_bytes / 2**20:.1f}M" if c.size_bytes else "-"
+        bpb = f"{c.val_bpb:.4f}" if c.val_bpb is not None else "-"
+        print(f"{c.stage:8} {c.tag:8} {c.step:>7} {c.status:11} {size:>10} {bpb:>8} {str(c.device_bs or '-'):>3}  "
+              f"{c.reason}")
+    return 0
+
+
+def cmd_doctor(a) -> int:
+    from nanotui.runtime.doctor import run_checks
+    ok = True
+    for name, status, detail in run_checks(_base_dir(), profile=a.profile):
+        mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "info": "info"}[status]
+        print(f"[{mark}] {name}: {detail}")
+        ok &= status != "fail"
+    return 0 if ok else 1
+
+
+def cmd_demo(a) -> int:
+    a.profile, a.device_bs, a.seq_len, a.nproc, a.wandb_run = "cpu-demo", None, None, None, None
+    a.stages, a.set, a.stop_timeout, a.attach = None, [], None, True
+    return cmd_start(a)
+
+
+def cmd_bare(a) -> int:
+    base = _base_dir()
+    if sys.stdout.isatty() and sys.stdin.isatty() and not os.environ.get("NANOTUI_PLAIN"):
+        dash = _dashboard()
+        if dash is not None:
+            from nanotui.runtime.rundir import find_active_run
+            active = find_active_run(base)
+            return int(dash(active.path if active else None, base) or 0)
+    a.run = None
+    return cmd_attach(a)
+
+
+# ------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanotui", description="Supervise nanochat training runs that survive SSH drops.")
+    sub = p.add_subparsers(dest="command")
+
+    def grace(sp):
+        sp.add_argument("--grace", help="OOM grace period: seconds, 0 = act at once, off = wait for a command "
+                                        "(default 60)")
+
+    sp = sub.add_parser("start", help="start a pipeline from a profile, detached")
+    sp.add_argument("--profile", required=True)
+    sp.add_argument("--device-bs")
+    sp.add_argument("--seq-len")
+    sp.add_argument("--nproc")
+    sp.add_argument("--wandb-run")
+    sp.add_argument("--stages", help="comma-separated subset of the profile's stages")
+    sp.add_argument("--set", action="append", default=[], metavar="STAGE:--flag=value",
+                    help="override one flag of a stage (repeatable)")
+    sp.add_argument("--stop-timeout", type=float, help="seconds between SIGTERM and SIGKILL on stop")
+    sp.add_argument("--attach", action="store_true", help="attach right after starting")
+    grace(sp)
+    sp.set_defaults(fn=cmd_start)
+
+    sp = sub.add_parser("run", help="supervise any command: nanotui run -- bash speedrun.sh")
+    grace(sp)
+    sp.add_argument("--stop-timeout", type=float)
+    sp.add_argument("--attach", action="store_true")
+    sp.add_argument("cmd", nargs=argparse.REMAINDER)
+    sp.set_defaults(fn=cmd_run)
+
+    for name, fn, hlp in (("attach", cmd_attach, "open the dashboard of a run (default: the active one)"),
+                          ("status", cmd_status, "one-line or JSON status"),
+                          ("logs", cmd_logs, "print the current stage log"),
+                          ("stop", cmd_stop, "stop a run (SIGTERM, then SIGKILL)"),
+                          ("resume", cmd_resume, "continue a stopped/crashed run from its newest checkpoint"),
+                          ("ckpts", cmd_ckpts, "list checkpoints")):
+        sp = sub.add_parser(name, help=hlp)
+        sp.add_argument("run", nargs="?", help="run id or a unique prefix (default: active or newest)")
+        sp.set_defaults(fn=fn)
+        if name in ("status", "ckpts"):
+            sp.add_argument("--json", action="store_true")
+        if name == "logs":
+            sp.add_argument("-f", "--follow", action="store_true")
+            sp.add_argument("--bytes", type=int, default=1 << 16, help="how much of the end to print")
+        if name == "stop":
+            sp.add_argument("--no-wait", action="store_true")
+        if name == "resume":
+            sp.add_argument("--step", type=int)
+            sp.add_argument("--device-bs", type=int)
+            grace(sp)
+    sp = sub.add_parser("ls", help="list runs")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_ls)
+    sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind and W&B")
+    sp.add_argument("--profile", default="4090")
+    sp.set_defaults(fn=cmd_doctor)
+    sp = sub.add_parser("demo", help="start the cpu-demo pipeline and attach")
+    grace(sp)
+    sp.set_defaults(fn=cmd_demo)
+    return p
+
+
+class _Parser(argparse.ArgumentParser):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+
+    def arg_error(message):  # argparse errors: one line, exit 2
+        print(f"error: {message} (see `nanotui -h`)", file=sys.stderr)
+        sys.exit(2)
+    parser.error = arg_error
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for sp in action.choices.values():
+            sp.error = arg_error
+    args = parser.parse_args(argv)
+    fn = getattr(args, "fn", None)
+    try:
+        if fn is None:
+            return cmd_bare(args)
+        return int(fn(args) or 0)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

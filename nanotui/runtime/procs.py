@@ -1,0 +1,96 @@
+"""Process-group helpers: spawn a stage in its own group, signal/stop the whole group, liveness with pid-reuse guard."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+STAGEWRAP = Path(__file__).with_name("stagewrap.py")
+
+
+def create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, TypeError):
+        return None
+
+
+def pid_matches(pid: int | None, created: float | None) -> bool:
+    """True when `pid` is alive (not a zombie) and, if `created` is given, is the same process (no pid reuse)."""
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return created is None or abs(p.create_time() - float(created)) < 0.05
+    except (psutil.Error, ValueError, TypeError):
+        return False
+
+
+def spawn_stage(argv: list[str], *, env: dict, cwd: str | None, log_path: Path, exit_path: Path,
+                python: str | None = None) -> subprocess.Popen:
+    """Start `argv` under the exit-code wrapper, in a new session/process group, output appended to `log_path`.
+
+    The child writes the log itself (stdout and stderr share one file), so it never depends on the supervisor
+    reading a pipe: the supervisor may die and a new one re-adopts by tailing the file and waiting for `exit_path`."""
+    import sys
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen(
+            [python or sys.executable, str(STAGEWRAP), str(exit_path), "--", *argv],
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+            env=env, cwd=cwd or None, start_new_session=True, close_fds=True)
+    finally:
+        os.close(log_fd)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to every process of group `pgid`; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                out.append(p.pid)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return out
+
+
+def group_alive(pgid: int | None) -> bool:
+    return bool(pgid) and bool(group_pids(int(pgid)))
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (what the GPU panel attributes to the run)."""
+    try:
+        p = psutil.Process(pid)
+        return [p.pid] + [c.pid for c in p.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def stop_group(pgid: int, timeout: float = 60.0, poll: float = 0.1) -> str:
+    """SIGTERM the group, wait up to `timeout` s, then SIGKILL. Returns 'gone', 'terminated' or 'killed'."""
+    if not signal_group(pgid, signal.SIGTERM):
+        return "gone"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return "terminated"
+        time.sleep(poll)
+    signal_group(pgid, signal.SIGKILL)
+    return "killed"

@@ -1,0 +1,110 @@
+"""CLI: every user mistake is one `error:` line + exit 2; commands work without a GPU; `run -- CMD` end to end."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nanotui.runtime.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+from fake_trainer import fake_plan, fake_stage  # noqa: E402
+
+
+def cli(*args, env=None, timeout=60):
+    e = dict(os.environ, PYTHONPATH=str(REPO), NANOTUI_PLAIN="1")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "nanotui.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=e, stdin=subprocess.DEVNULL)
+
+
+def assert_usage_error(r, *words):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    for w in words:
+        assert w in lines[0]
+
+
+@pytest.mark.parametrize("args,env,words", [
+    (["start", "--profile", "nope"], {}, ["unknown profile", "cpu-demo"]),
+    (["start", "--profile", "cpu-demo"], {"DEVICE_BS": "abc"}, ["DEVICE_BS", "abc"]),
+    (["start", "--profile", "cpu-demo", "--device-bs", "3"], {}, ["divide"]),
+    (["start", "--profile", "cpu-demo", "--grace", "soon"], {}, ["grace"]),
+    (["start", "--profile", "cpu-demo", "--stages", "warp"], {}, ["unknown stage"]),
+    (["status", "20990101-000000-nope"], {}, ["no run"]),
+    (["stop", "nope"], {}, ["no run"]),
+    (["resume", "nope"], {}, ["no run"]),
+    (["attach"], {}, ["no run to attach"]),
+    (["logs"], {}, ["no runs"]),
+    (["run", "--", "definitely-not-a-command-xyz"], {}, ["command not found"]),
+    (["run"], {}, ["nothing to run"]),
+    (["frobnicate"], {}, ["invalid choice"]),
+])
+def test_user_mistakes_are_one_line_exit_2(base_dir, args, env, words):
+    assert_usage_error(cli(*args, env=env), *words)
+    assert not list((base_dir / "runs").glob("*")) if (base_dir / "runs").exists() else True
+
+
+def test_commands_work_without_a_gpu(base_dir):
+    rd = RunDir.create(base_dir, fake_plan(base_dir, [fake_stage(num_iterations=6, save_every=2, step_time=0.02)],
+                                           gpu_interval=0.1))
+    from nanotui.runtime.supervisor import spawn_supervisor
+    assert spawn_supervisor(rd).wait(30) == 0
+    st = json.loads(cli("status", "--json").stdout)
+    assert {"run_id", "state", "stage", "step", "total", "device_bs"} <= set(st)
+    assert st["state"] == "done" and st["step"] == 6 and st["device_bs"] == 8
+    r = cli("ls")
+    assert r.returncode == 0 and rd.run_id in r.stdout
+    r = cli("logs", rd.run_id)
+    assert r.returncode == 0 and "step 00006/00006" in r.stdout
+    r = cli("ckpts", "--json")
+    assert r.returncode == 0 and sorted(c["step"] for c in json.loads(r.stdout)) == [2, 4, 6]
+    r = cli("attach", rd.run_id)  # not a TTY: plain status, returns since the run is over
+    assert r.returncode == 0 and "done" in r.stdout
+    r = cli("doctor", "--profile", "cpu-demo", timeout=120)
+    assert r.returncode == 0 and "[" in r.stdout and "logind" in r.stdout and "wandb" in r.stdout
+    samples = rd.read_gpu()
+    assert samples, "the supervisor recorded no GPU samples"
+    from nanotui.runtime.gpu import open_backend
+    if not open_backend().available:
+        assert samples[-1]["available"] is False and samples[-1]["reason"]
+        assert "nvml" in r.stdout.lower()
+
+
+def test_run_any_command_detached(base_dir, tmp_path):
+    marker = tmp_path / "ran"
+    r = cli("run", "--", "sh", "-c", f"echo hello; touch {marker}")
+    assert r.returncode == 0, r.stderr
+    run_id = r.stdout.split()[2]
+    rd = RunDir.open(base_dir, run_id)
+    deadline = time.monotonic() + 30
+    while rd.read_state()["phase"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert marker.exists() and "hello" in rd.list_logs()[0].read_text()
+    assert json.loads(cli("status", "--json", run_id).stdout)["state"] == "done"
+
+
+def test_stop_without_supervisor_kills_the_recorded_group(base_dir):
+    import signal
+    from nanotui.runtime.supervisor import spawn_supervisor
+    rd = RunDir.create(base_dir, fake_plan(base_dir, [fake_stage(num_iterations=10000, step_time=0.02)],
+                                           stop_timeout=5))
+    sup = spawn_supervisor(rd)
+    deadline = time.monotonic() + 20
+    while (rd.read_state().get("step") or 0) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(sup.pid, signal.SIGKILL)
+    sup.wait()
+    r = cli("stop", rd.run_id)
+    assert r.returncode == 0 and "stopped" in r.stdout
+    from nanotui.runtime import procs
+    st = rd.read_state()
+    assert st["phase"] == "stopped" and not procs.group_alive(rd.read_events()[-1]["pgid"])
