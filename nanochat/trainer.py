@@ -1,0 +1,798 @@
+"""The shared resumable training loop of base/mid/SFT: flags, batch math, steps, logging, checkpoints, OOM, signals."""
+import argparse
+import base64
+import gc
+import math
+import os
+import secrets
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+from nanochat.checkpoint import (CheckpointError, checkpoint_dir, load_checkpoint, resolve_resume_step,
+                                 save_checkpoint, update_meta)
+from nanochat.common import UsageError, compute_mfu, format_mfu, get_dist_info, get_peak_flops, print0
+from nanochat.optim import get_muon_momentum
+
+EXIT_OK, EXIT_USAGE, EXIT_OOM, EXIT_STOPPED = 0, 2, 3, 4
+FAULT_OOM_ENV = "NANOCHAT_FAULT_OOM_ABOVE_BS"        # raise torch.OutOfMemoryError in forward when B > K
+FAULT_OOM_STEP_ENV = "NANOCHAT_FAULT_OOM_FROM_STEP"  # ... but only from this step on (default 0)
+CUDA_MEMORY_CAP_ENV = "NANOCHAT_CUDA_MEMORY_CAP_GIB"  # cap this process's CUDA memory (emulate a smaller card)
+EMA_BETA = 0.9
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# flags
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse that accepts `--a_b=1`, `--a-b 1`, `--a_b 1`; unknown flags and bad values raise UsageError (one line).
+
+    Register options with underscores (`--device_batch_size`); dashes in a flag name are mapped to underscores.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+    @staticmethod
+    def normalise(argv):
+        if argv and argv[0] == "--":  # `torchrun ... -m module -- --flags` (as upstream's speedrun) passes the `--`
+            argv = argv[1:]
+        out = []
+        for token in argv:
+            if token.startswith("--") and len(token) > 2:
+                name, sep, value = token[2:].partition("=")
+                token = "--" + name.replace("-", "_") + sep + value
+            out.append(token)
+        return out
+
+    def parse_args(self, args=None, namespace=None):
+        argv = sys.argv[1:] if args is None else list(args)
+        return super().parse_args(self.normalise(argv), namespace)
+
+
+def _int_flag(min_value=None, allow=()):
+    def convert(text):
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        if value in allow:
+            return value
+        if min_value is not None and value < min_value:
+            extra = f" (or {', '.join(map(str, allow))} to disable)" if allow else ""
+            raise argparse.ArgumentTypeError(f"{value} must be >= {min_value}{extra}")
+        return value
+    return convert
+
+
+positive_int = _int_flag(1)
+nonnegative_int = _int_flag(0)
+int_or_disabled = _int_flag(1, allow=(-1, 0))  # -1 (and 0) disable a periodic action
+
+
+def float_flag(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def resume_flag(text):
+    text = str(text).strip()
+    if text == "latest":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a step number nor 'latest'")
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{value} is not a step number")
+    return None if value == -1 else str(value)
+
+
+def add_training_flags(parser, **defaults):
+    """Add the flags every training stage shares; keyword arguments override their defaults.
+
+    --run, --device_type, --device_batch_size, --max_seq_len, --total_batch_size, --num_iterations, --grad_clip,
+    --save_every, --keep_last, --resume_from_step, --model_tag, --eval_every, --eval_tokens, and the hidden
+    --data_lanes (one process reads W data lanes: the single-process twin of a W-rank run).
+    """
+    d = dict(run="dummy", device_type="", device_batch_size=32, max_seq_len=2048, total_batch_size=524288,
+             num_iterations=-1, grad_clip=1.0, save_every=500, keep_last=3, resume_from_step=None, model_tag=None,
+             eval_every=250, eval_tokens=20 * 524288, data_lanes=1)
+    unknown = set(defaults) - set(d)
+    if unknown:
+        raise ValueError(f"unknown training flag defaults: {sorted(unknown)}")
+    d.update(defaults)
+    p = parser
+    p.add_argument("--run", type=str, default=d["run"], help="W&B run name ('dummy' disables W&B)")
+    p.add_argument("--device_type", type=str, default=d["device_type"], help="cuda|mps|cpu (empty: autodetect)")
+    p.add_argument("--device_batch_size", type=positive_int, default=d["device_batch_size"],
+                   help="sequences per forward pass per device (lower it on OOM; the total batch stays)")
+    p.add_argument("--max_seq_len", type=positive_int, default=d["max_seq_len"], help="context length")
+    p.add_argument("--total_batch_size", type=positive_int, default=d["total_batch_size"],
+                   help="tokens per optimizer step, all ranks together")
+    p.add_argument("--num_iterations", type=_int_flag(1, allow=(-1,)), default=d["num_iterations"],
+                   help="optimizer steps (-1: derive)")
+    p.add_argument("--grad_clip", type=float_flag, default=d["grad_clip"], help="gradient norm clip (0: off)")
+    p.add_argument("--save_every", type=int_or_disabled, default=d["save_every"],
+                   help="commit a checkpoint every N steps (-1: only at the end)")
+    p.add_argument("--keep_last", type=nonnegative_int, default=d["keep_last"],
+                   help="checkpoints kept besides the best val bpb (0: keep all)")
+    p.add_argument("--resume_from_step", type=resume_flag, default=d["resume_from_step"],
+                   help="resume from this checkpoint step, or 'latest'")
+    p.add_argument("--model_tag", type=str, default=d["model_tag"], help="checkpoint directory name")
+    p.add_argument("--eval_every", type=int_or_disabled, default=d["eval_every"],
+                   help="evaluate every N steps (-1: off)")
+    p.add_argument("--eval_tokens", type=positive_int, default=d["eval_tokens"], help="tokens per evaluation")
+    p.add_argument("--data_lanes", type=positive_int, default=d["data_lanes"], help=argparse.SUPPRESS)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# batch math
+
+def valid_device_batch_sizes(total_batch_size, seq_len, world_size=1):
+    """Device batch sizes B for which total_batch_size is a multiple of B·seq_len·world_size."""
+    unit = seq_len * world_size
+    if total_batch_size % unit:
+        return []
+    sequences = total_batch_size // unit
+    return [b for b in range(1, sequences + 1) if sequences % b == 0]
+
+
+def compute_grad_accum(total_batch_size, device_batch_size, seq_len, world_size=1) -> int:
+    """total_batch_size / (B·T·world); UsageError naming the valid device batch sizes when it does not divide."""
+    for name, value in (("total_batch_size", total_batch_size), ("device_batch_size", device_batch_size),
+                        ("max_seq_len", seq_len)):
+        if not isinstance(value, int) or value <= 0:
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+    per_step = device_batch_size * seq_len * world_size
+    if total_batch_size % per_step == 0:
+        return total_batch_size // per_step
+    valid = valid_device_batch_sizes(total_batch_size, seq_len, world_size)
+    ranks = f" x {world_size} ranks" if world_size > 1 else ""
+    if valid:
+        hint = f"valid device batch sizes: {', '.join(map(str, valid))}"
+    else:
+        hint = (f"no device batch size works: make --total_batch_size a multiple of "
+                f"max_seq_len{' x ranks' if world_size > 1 else ''} = {seq_len * world_size}")
+    raise UsageError(f"--total_batch_size={total_batch_size} is not a multiple of device_batch_size x max_seq_len"
+                     f"{ranks} = {device_batch_size} x {seq_len}{ranks} = {per_step:,}; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# OOM, fault injection, signals
+
+def is_oom_error(exc) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _env_nonneg_int(name):
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{name}={text!r} must be a non-negative integer")
+    if value < 0:
+        raise UsageError(f"{name}={text!r} must be a non-negative integer")
+    return value
+
+
+class FaultInjector:
+    """NANOCHAT_FAULT_OOM_ABOVE_BS=K: forward passes with more than K rows raise a real torch.OutOfMemoryError
+    (from step NANOCHAT_FAULT_OOM_FROM_STEP on, default 0), so the OOM path runs on any machine."""
+
+    def __init__(self):
+        self.above_bs = _env_nonneg_int(FAULT_OOM_ENV)
+        self.from_step = _env_nonneg_int(FAULT_OOM_STEP_ENV) or 0
+
+    def check(self, batch_rows: int, step: int):
+        if self.above_bs is not None and batch_rows > self.above_bs and step >= self.from_step:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate 2.00 GiB (fault injection: {FAULT_OOM_ENV}={self.above_bs}, "
+                f"batch of {batch_rows} rows at step {step})")
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _OutOfMemory(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+def _one_line(exc, limit=300):
+    return " ".join(str(exc).split())[:limit]
+
+
+class StopSignals:
+    """SIGTERM/SIGINT set a flag the loop polls; a second signal falls back to the default action (dies)."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        for sig, prev in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL)
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+        self._previous = {}
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# loop state and helpers
+
+@dataclass
+class LoopState:
+    """What, besides weights/optimizers/data position/RNG, an exact resume needs."""
+    smooth_train_loss: float = 0.0      # raw EMA of the train loss (debiased when printed)
+    min_val_bpb: float = float("inf")
+    last_val_bpb: float = None
+    total_training_time: float = 0.0    # seconds, steps after the 10th only (as upstream)
+
+    def to_json(self):
+        data = asdict(self)
+        if not math.isfinite(data["min_val_bpb"]):
+            data["min_val_bpb"] = None
+        return data
+
+    @classmethod
+    def from_json(cls, data):
+        data = dict(data or {})
+        if data.get("min_val_bpb") is None:
+            data["min_val_bpb"] = float("inf")
+        known = {k: data[k] for k in ("smooth_train_loss", "min_val_bpb", "last_val_bpb", "total_training_time")
+                 if k in data}
+        return cls(**known)
+
+
+def _b64(tensor):
+    return base64.b64encode(bytes(tensor.cpu().to(torch.uint8).tolist())).decode("ascii")
+
+
+def _unb64(text):
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def capture_rng(device) -> dict:
+    state = {"cpu": _b64(torch.get_rng_state()), "cuda": None}
+    if device.type == "cuda":
+        state["cuda"] = _b64(torch.cuda.get_rng_state(device))
+    return state
+
+
+def restore_rng(state, device):
+    if not state:
+        return
+    torch.set_rng_state(_unb64(state["cpu"]))
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
+
+
+class _DummyWandb:
+    def log(self, *args, **kwargs):
+        pass
+
+    def finish(self):
+        pass
+
+
+def _all_gather_json(obj, world_size):
+    if world_size <= 1 or not dist.is_initialized():
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the trainer
+
+class Trainer:
+    """One training stage's loop, shared by base_train, mid_train and chat_sft. See docs/CONTRACTS.md (trainer.py).
+
+    Step numbering: checkpoint step S = the state after S optimizer steps; the loop body at index S runs the
+    checkpoint (if due), the evaluators, then trains step S (printed as `step S/N`).
+    """
+
+    def __init__(self, *, args, stage, model_tag, model, optimizers, device, make_train_loader, num_iterations,
+                 lr_multiplier, muon_momentum=get_muon_momentum, flops_per_token=None, meta=None,
+                 user_config=None, evaluators=(), log_style="base", compile_model=None, wandb_project="nanochat",
+                 grad_accum_steps=None, on_step=None, save_checkpoints=True):
+        self.args = args
+        self.stage = stage
+        self.model_tag = model_tag
+        self.model = model
+        self.optimizers = list(optimizers)
+        self.device = torch.device(device)
+        self.make_train_loader = make_train_loader
+        self.num_iterations = int(num_iterations)
+        self.lr_multiplier = lr_multiplier
+        self.muon_momentum = muon_momentum
+        self.flops_per_token = flops_per_token
+        self.meta_extra = dict(meta or {})
+        self.user_config = dict(user_config or vars(args))
+        self.evaluators = list(evaluators)
+        self.log_style = log_style
+        self.wandb_project = wandb_project
+        self.on_step = on_step                    # fn(trainer, step, metrics dict) after each step's log line
+        self.save_checkpoints = save_checkpoints  # False only for benchmarks: nothing is written
+        if log_style not in ("base", "sft"):
+            raise ValueError(f"log_style must be 'base' or 'sft', got {log_style!r}")
+        if self.num_iterations < 0:
+            raise UsageError(f"number of iterations must be >= 0, got {self.num_iterations}")
+
+        self.ddp, self.rank, self.local_rank, self.world_size = get_dist_info()
+        self.master = self.rank == 0
+        self.B = args.device_batch_size
+        self.T = args.max_seq_len
+        self.lanes = getattr(args, "data_lanes", 1) or 1
+        if self.lanes > 1 and self.ddp:
+            raise UsageError("--data_lanes is for a single process; under torchrun the ranks are the lanes")
+        self.total_batch_size = args.total_batch_size
+        if grad_accum_steps is None:
+            # with W data lanes one process runs the micro-batches of all W virtual ranks in turn: the same batch
+            # math as a single rank, the same tokens and gradient as a W-rank run
+            grad_accum_steps = compute_grad_accum(args.total_batch_size, self.B, self.T, self.world_size)
+        self.grad_accum_steps = int(grad_accum_steps)
+        self.save_every = args.save_every if args.save_every and args.save_every > 0 else 0
+        self.keep_last = getattr(args, "keep_last", 3)
+        self.grad_clip = getattr(args, "grad_clip", 1.0) or 0.0
+        self.ckpt_dir = checkpoint_dir(stage, model_tag)
+        self.fault = FaultInjector()
+        self.peak_flops = get_peak_flops(self.device)
+        if compile_model is None:
+            compile_model = self.device.type == "cuda" and os.environ.get("NANOCHAT_COMPILE", "1") != "0"
+        self.forward_model = torch.compile(model, dynamic=False) if compile_model else model
+
+        self.state = LoopState()
+        self.step = 0
+        self.start_step = 0
+        self.loader = None
+        self.wandb_run = _DummyWandb()
+        self.wandb_run_id = None
+        self.last_saved_step = None
+        self.evals_done_at_start = False
+        self.current_val_bpb = None  # measured at the current step (goes into that step's meta)
+        self.signals = None
+        self._phase = "setup"
+        self._snapshot = None        # (step, loader state, rng) at the start of the step in flight
+
+    # ---- small helpers for stage scripts ---------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def eval_forward(self, x, y=None, **kwargs):
+        """Model forward for evaluation (fault injection and autocast included); use for bpb/loss evals."""
+        self.fault.check(x.size(0), self.step)
+        with self.autocast():
+            return self.model(x, y, **kwargs) if y is not None else self.model(x, **kwargs)
+
+    def log_metrics(self, data: dict):
+        """Log to W&B (rank 0, when --run is not dummy)."""
+        self.wandb_run.log(data)
+
+    def record_val_bpb(self, step, val_bpb):
+        """Print `Step 00250 | Validation bpb: 1.2345`, track the minimum, log to W&B."""
+        print0(f"Step {step:05d} | Validation bpb: {val_bpb:.4f}")
+        self.state.min_val_bpb = min(self.state.min_val_bpb, val_bpb)
+        self.state.last_val_bpb = val_bpb
+        self.current_val_bpb = val_bpb
+        self.log_metrics({"step": step, "total_training_flops": self._flops_so_far(step),
+                          "total_training_time": self.state.total_training_time, "val/bpb": val_bpb})
+
+    def record_val_loss(self, step, val_loss):
+        """Print `Step 00100 | Validation loss: 1.234567` (SFT style) and log it."""
+        print0(f"Step {step:05d} | Validation loss: {val_loss:.6f}")
+        self.log_metrics({"step": step, "val_loss": val_loss})
+
+    def stop_requested(self) -> bool:
+        return bool(self.signals and self.signals.received)
+
+    def _flops_so_far(self, step):
+        return (self.flops_per_token or 0.0) * self.total_batch_size * step
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ---- setup -----------------------------------------------------------------------------------------------------
+
+    def _check_ckpt_dir_writable(self):
+        if not self.master or not self.save_checkpoints:
+            return
+        try:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            probe = os.path.join(self.ckpt_dir, f".write-test.tmp.{os.getpid()}")
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+        except OSError as exc:
+            raise UsageError(f"checkpoint directory {self.ckpt_dir} is not writable ({exc.strerror or exc}); "
+                             f"set NANOCHAT_BASE_DIR to a writable directory")
+
+    def _resume(self):
+        """Restore model, optimizers, loop state, RNG, data position and W&B id; returns this rank's loader state."""
+        requested = getattr(self.args, "resume_from_step", None)
+        step = resolve_resume_step(self.ckpt_dir, requested)
+        if step is None:
+            if requested == "latest":
+                print0(f"No checkpoint to resume from in {self.ckpt_dir}; starting fresh")
+            return None
+        try:
+            model_state, optim_states, meta = load_checkpoint(self.ckpt_dir, step, self.device, rank=self.rank)
+        except CheckpointError as exc:
+            raise UsageError(f"cannot resume from step {step} in {self.ckpt_dir}: {exc}")
+        self._check_compatible(meta, step)
+        model_state = {k.removeprefix("_orig_mod."): v for k, v in model_state.items()}
+        try:
+            self.model.load_state_dict(model_state, strict=True)
+        except RuntimeError as exc:
+            raise UsageError(f"checkpoint step {step} in {self.ckpt_dir} does not fit this model "
+                             f"({' '.join(str(exc).split())[:200]}); use the flags it was trained with")
+        del model_state
+        if not isinstance(optim_states, list) or len(optim_states) != len(self.optimizers):
+            count = len(optim_states) if isinstance(optim_states, list) else "no"
+            raise UsageError(f"checkpoint step {step} in {self.ckpt_dir} holds {count} optimizer states for rank "
+                             f"{self.rank}, this stage has {len(self.optimizers)}")
+        try:
+            for opt, opt_state in zip(self.optimizers, optim_states):
+                opt.load_state_dict(opt_state)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise UsageError(f"the optimizer state of checkpoint step {step} in {self.ckpt_dir} does not fit "
+                             f"({' '.join(str(exc).split())[:200]})")
+        del optim_states
+        self.state = LoopState.from_json(meta.get("loop_state"))
+        self.current_val_bpb = meta.get("val_bpb")
+        rng = (meta.get("rng") or [None] * self.world_size)
+        restore_rng(rng[self.rank] if self.rank < len(rng) else None, self.device)
+        self.wandb_run_id = meta.get("wandb_run_id")
+        self.start_step = self.step = step
+        self.last_saved_step = step
+        self.evals_done_at_start = bool(meta.get("evals_done"))
+        loader_states = meta.get("loader_states") or []
+        print0(f"Resuming optimization from step {step} (device batch size {self.B}, gradient accumulation "
+               f"steps {self.grad_accum_steps})")
+        return loader_states[self.rank] if self.rank < len(loader_states) else None
+
+    def _check_compatible(self, meta, step):
+        def mismatch(what, then, now, fix):
+            raise UsageError(f"checkpoint step {step} in {self.ckpt_dir} was trained with {what}={then}, this run "
+                             f"has {now}; {fix}")
+        cfg = self.meta_extra.get("model_config")
+        if cfg is not None and meta.get("model_config") is not None and meta["model_config"] != cfg:
+            mismatch("model_config", meta["model_config"], cfg, "use the same model flags (e.g. --depth)")
+        if meta.get("total_batch_size") not in (None, self.total_batch_size):
+            mismatch("total_batch_size", meta["total_batch_size"], self.total_batch_size,
+                     f"pass --total_batch_size={meta['total_batch_size']} (only the device batch may change)")
+        if meta.get("max_seq_len") not in (None, self.T):
+            mismatch("max_seq_len", meta["max_seq_len"], self.T, f"pass --max_seq_len={meta['max_seq_len']}")
+        if meta.get("world_size") not in (None, self.world_size):
+            mismatch("world size", meta["world_size"], self.world_size,
+                     f"resume with --nproc_per_node={meta['world_size']} (optimizer state is sharded per rank)")
+        if meta.get("data_lanes", 1) != self.lanes:
+            mismatch("data_lanes", meta.get("data_lanes", 1), self.lanes, "keep --data_lanes")
+
+    def _init_wandb(self):
+        run_name = getattr(self.args, "run", "dummy")
+        if self.wandb_run_id is None:
+            self.wandb_run_id = secrets.token_hex(4)
+        if run_name == "dummy" or not self.master:
+            return
+        try:
+            import wandb
+            self.wandb_run = wandb.init(project=self.wandb_project, name=run_name, id=self.wandb_run_id,
+                                        resume="allow", config=self.user_config)
+            print0(f"W&B run: {run_name} (id {self.wandb_run_id})")
+        except Exception as exc:  # no login, no network: training matters more than the dashboard
+            print0(f"W&B logging disabled: {' '.join(str(exc).split())[:200]}")
+            self.wandb_run = _DummyWandb()
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------------
+
+    def _meta_for(self, step, loader_state, rng_state, reason):
+        loader_states = _all_gather_json(loader_state, self.world_size)
+        rng_states = _all_gather_json(rng_state, self.world_size)
+        meta = dict(self.meta_extra)
+        meta.update({
+            "stage": self.stage, "model_tag": self.model_tag, "user_config": self.user_config,
+            "total_batch_size": self.total_batch_size, "device_batch_size": self.B, "max_seq_len": self.T,
+            "grad_accum_steps": self.grad_accum_steps, "num_iterations": self.num_iterations,
+            "data_lanes": self.lanes, "val_bpb": None, "evals_done": False, "reason": reason,
+            "loop_state": self.state.to_json(), "loader_states": loader_states, "rng": rng_states,
+            "wandb_run_id": self.wandb_run_id,
+        })
+        return meta
+
+    def save(self, step, reason="periodic", loader_state=None, rng_state=None):
+        """Commit checkpoint `step` (collective under DDP). Defaults: the loader position and RNG right now."""
+        if not self.save_checkpoints:
+            return
+        if loader_state is None:
+            loader_state = self._loader_state()
+        if rng_state is None:
+            rng_state = capture_rng(self.device)
+        phase, self._phase = self._phase, "save"
+        meta = self._meta_for(step, loader_state, rng_state, reason)
+        model_state = self.model.state_dict() if self.master else None
+        optim_states = [opt.state_dict() for opt in self.optimizers]
+        save_checkpoint(self.ckpt_dir, step, model_state, optim_states, meta, rank=self.rank,
+                        world_size=self.world_size, keep_last=self.keep_last)
+        self.last_saved_step = step
+        self._phase = phase
+
+    def _loader_state(self):
+        fn = getattr(self.loader, "state_dict", None)
+        return fn() if fn is not None else None
+
+    def _mark_evals_done(self, step):
+        if self.master and self.last_saved_step == step:
+            try:
+                update_meta(self.ckpt_dir, step, {"val_bpb": self.current_val_bpb, "evals_done": True,
+                                                  "loop_state": self.state.to_json()})
+            except CheckpointError as exc:
+                print(f"warning: could not record evaluations in checkpoint step {step}: {exc}", file=sys.stderr)
+
+    # ---- one optimizer step ----------------------------------------------------------------------------------------
+
+    def _next_batch(self):
+        if hasattr(self.loader, "next_batch"):
+            return self.loader.next_batch()
+        return next(self.loader)
+
+    def _train_step(self, step):
+        """Run optimizer step `step`. Raises _OutOfMemory / _Stopped before any weight changed."""
+        model, accum = self.model, self.grad_accum_steps
+        self._snapshot = (step, self._loader_state(), capture_rng(self.device))
+        self._sync()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+        target_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+        oom = None
+        stop = False
+        self._phase = "fwdbwd"
+        try:
+            for _ in range(accum):
+                if not self.ddp and self.stop_requested():
+                    stop = True
+                    break
+                x, y = self._next_batch()
+                self.fault.check(x.size(0), step)
+                with self.autocast():
+                    loss = self.forward_model(x, y)
+                loss_sum += loss.detach().float()
+                tokens += x.numel()
+                if self.log_style == "sft":
+                    target_tokens += (y >= 0).sum()
+                (loss / accum).backward()
+                del loss
+        except Exception as exc:
+            if not is_oom_error(exc):
+                raise
+            oom = _one_line(exc)  # keep the text only: the traceback would pin the activations in memory
+        flags = torch.tensor([1.0 if oom is not None else 0.0, 1.0 if self.stop_requested() else 0.0],
+                             device=self.device)
+        if self.ddp:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0].item() > 0 or (flags[1].item() > 0 and (stop or self.ddp)):
+            model.zero_grad(set_to_none=True)
+            del loss_sum
+            if flags[0].item() > 0:
+                raise _OutOfMemory(oom if oom is not None else "CUDA out of memory on another rank")
+            raise _Stopped()
+
+        params = [p for p in model.parameters() if p.grad is not None]
+        stats = torch.stack([loss_sum / accum, tokens.float(), target_tokens.float()])
+        if self.ddp:
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            if self.grad_clip > 0:  # clip the global gradient, exactly as a single process would
+                for p in params:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad.div_(self.world_size)
+        train_loss = stats[0].item() / self.world_size
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        lrm = self.lr_multiplier(step)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lrm
+        if self.muon_momentum is not None:
+            momentum = self.muon_momentum(step)
+            for opt in self.optimizers:
+                if "momentum" in opt.defaults and "betas" not in opt.defaults:
+                    for group in opt.param_groups:
+                        group["momentum"] = momentum
+        self._phase = "optim"
+        for opt in self.optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        self._phase = "boundary"
+        self._sync()
+        dt = time.perf_counter() - t0
+        return train_loss, lrm, dt, int(stats[1].item()), int(stats[2].item())
+
+    def _log_step(self, step, train_loss, lrm, dt, tokens, target_tokens):
+        st = self.state
+        st.smooth_train_loss = EMA_BETA * st.smooth_train_loss + (1 - EMA_BETA) * train_loss
+        debiased = st.smooth_train_loss / (1 - EMA_BETA ** (step + 1))
+        if step > 10:
+            st.total_training_time += dt
+        tok_per_sec = int(tokens / dt) if dt > 0 else 0
+        mfu = compute_mfu(self.flops_per_token, tok_per_sec, self.peak_flops, self.world_size) \
+            if self.flops_per_token else None
+        n = self.num_iterations
+        if self.log_style == "sft":
+            print0(f"Step {step:05d}/{n:05d} | Training loss: {train_loss:.6f}| lrm: {lrm:.6f}| "
+                   f"num_tokens: {target_tokens:,}")
+        else:
+            pct = 100 * step / n if n else 100.0
+            print0(f"step {step:05d}/{n:05d} ({pct:.2f}%) | loss: {debiased:.6f} | lrm: {lrm:.2f} | "
+                   f"dt: {dt * 1000:.2f}ms | tok/sec: {tok_per_sec:,} | mfu: {format_mfu(mfu)} | "
+                   f"total time: {st.total_training_time / 60:.2f}m")
+        metrics = {"step": step, "total_training_flops": self._flops_so_far(step + 1),
+                   "total_training_time": st.total_training_time, "train/loss": debiased,
+                   "train/raw_loss": train_loss, "train/lrm": lrm, "train/dt": dt,
+                   "train/tok_per_sec": tok_per_sec, "train/mfu": mfu if mfu is not None else 0.0}
+        self.log_metrics(metrics)
+        self.last_train_loss = train_loss
+        if self.on_step is not None:
+            self.on_step(self, step, dict(metrics, mfu=mfu, num_tokens=target_tokens))
+
+    # ---- the loop --------------------------------------------------------------------------------------------------
+
+    def print_batch_math(self):
+        per_rank = self.B * self.T
+        print0(f"Tokens / micro-batch / rank: {self.B} x {self.T} = {per_rank:,}")
+        print0(f"Tokens / micro-batch: {per_rank * self.world_size:,}")
+        print0(f"Total batch size {self.total_batch_size:,} => gradient accumulation steps: {self.grad_accum_steps}")
+
+    def setup(self):
+        """Resume (if asked), build the train loader, start W&B. Called by run(); idempotent."""
+        if self.loader is not None:
+            return
+        self._check_ckpt_dir_writable()
+        loader_state = self._resume()
+        self.loader = self.make_train_loader(loader_state)
+        self._init_wandb()
+        cap = os.environ.get(CUDA_MEMORY_CAP_ENV)
+        if cap and self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total), self.device)
+
+    def run(self) -> int:
+        """Train to num_iterations. Returns EXIT_OK, EXIT_OOM (after an emergency checkpoint) or EXIT_STOPPED."""
+        with StopSignals() as self.signals:
+            try:
+                outcome = None
+                try:
+                    self.setup()
+                    self.print_batch_math()
+                    return self._loop()
+                except _OutOfMemory as exc:
+                    outcome = ("oom", exc.message, True)
+                except _Stopped:
+                    outcome = ("stop", None, True)
+                except Exception as exc:
+                    if not is_oom_error(exc):
+                        raise
+                    consistent = self._phase in ("boundary", "eval") and not self.ddp
+                    outcome = ("oom", _one_line(exc), consistent)
+                # handled outside the except clauses: the failed frames (and their GPU tensors) are released now
+                kind, message, consistent = outcome
+                if kind == "oom":
+                    return self._on_oom(message, consistent=consistent)
+                return self._on_stop()
+            finally:
+                self.wandb_run.finish()
+
+    def _loop(self) -> int:
+        step = self.step
+        while True:
+            self.step = step
+            self._phase = "boundary"
+            last = step == self.num_iterations
+            due = last or (self.save_every and step % self.save_every == 0 and step > 0)
+            if due and self.last_saved_step != step:
+                self.current_val_bpb = None
+                self.save(step, reason="final" if last else "periodic")
+            if not (step == self.start_step and self.evals_done_at_start):
+                self._phase = "eval"
+                for evaluate in self.evaluators:
+                    evaluate(self, step, last)
+                self._phase = "boundary"
+                self._mark_evals_done(step)
+            if last:
+                break
+            if not self.ddp and self.stop_requested():  # under DDP the ranks agree inside _train_step
+                raise _Stopped()
+            train_loss, lrm, dt, tokens, target_tokens = self._train_step(step)
+            self._log_step(step, train_loss, lrm, dt, tokens, target_tokens)
+            self.current_val_bpb = None
+            step += 1
+        self._print_end()
+        return EXIT_OK
+
+    def _print_end(self):
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
+        print0(f"Peak memory usage: {peak / 1024 / 1024:.2f}MiB")
+        print0(f"Total training time: {self.state.total_training_time / 60:.2f}m")
+        if math.isfinite(self.state.min_val_bpb):
+            print0(f"Minimum validation bpb: {self.state.min_val_bpb:.4f}")
+
+    def _free_memory(self):
+        self.model.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _snapshot_for(self, step):
+        if self._snapshot is not None and self._snapshot[0] == step:
+            return self._snapshot[1], self._snapshot[2]
+        return self._loader_state(), capture_rng(self.device)
+
+    def _on_oom(self, message, consistent):
+        """Emergency checkpoint of the last completed step (when memory holds it intact), `OOM:` line, exit 3."""
+        self._free_memory()
+        step = self.step
+        saved = None
+        if consistent and self.loader is not None and self.save_checkpoints:
+            if self.last_saved_step == step:
+                saved = step
+            else:
+                try:
+                    loader_state, rng_state = self._snapshot_for(step)
+                    self.save(step, reason="oom", loader_state=loader_state, rng_state=rng_state)
+                    saved = step
+                except Exception as exc:
+                    print(f"emergency checkpoint failed: {' '.join(str(exc).split())[:300]}", file=sys.stderr,
+                          flush=True)
+        where = f"emergency checkpoint: step {saved:06d}" if saved is not None else "emergency checkpoint: none"
+        print0(f"OOM: CUDA out of memory at device_batch_size={self.B}, step {step + 1}; {where}")
+        print(f"torch.OutOfMemoryError: {message}", file=sys.stderr, flush=True)
+        return EXIT_OOM
+
+    def _on_stop(self):
+        """Checkpoint the last completed step (the step in flight was abandoned before touching weights), exit 4."""
+        self._free_memory()
+        step = self.step
+        if self.last_saved_step != step:
+            loader_state, rng_state = self._snapshot_for(step)
+            self.save(step, reason="stop", loader_state=loader_state, rng_state=rng_state)
+        name = self.signals.received if self.signals and self.signals.received else "signal"
+        print0(f"Stopped on request ({name}) at step {step}; checkpoint: step {step:06d}")
+        return EXIT_STOPPED
