@@ -206,8 +206,9 @@ def collect_overrides(env: Optional[Mapping] = None, flags: Optional[Mapping] = 
 
 def _launcher(python: str, module: str, launcher: str, nproc: int) -> list:
     if launcher == "torchrun" and nproc > 1:
-        # `python -m torch.distributed.run` is torchrun with the same interpreter (no PATH lookup)
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
+        # `python -m torch.distributed.run` is torchrun with the same interpreter (no PATH lookup); the `--`
+        # keeps torchrun from reading the script's flags as its own (`--run=` would match `--run-path`)
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module, "--"]
     return [python, "-m", module]
 
 

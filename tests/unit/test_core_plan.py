@@ -57,8 +57,8 @@ def test_4090_profile_and_overrides():
 def test_8xh100_uses_torchrun_for_gpu_stages():
     plan = build_plan("8xh100", {}, PY)
     base = plan.stage("base_train").argv
-    assert base[:7] == (PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m",
-                        "nanochat.scripts.base_train")
+    assert base[:8] == (PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m",
+                        "nanochat.scripts.base_train", "--")
     assert "--device_batch_size=32" in base and "--max_seq_len=2048" in base
     assert plan.stage("base_train").world_size == 8
     assert plan.stage("tok_train").argv[:3] == (PY, "-m", "nanochat.scripts.tok_train")
