@@ -1,13 +1,18 @@
 """TUI benchmark: first full paint attaching to a 250,000-step run, client RSS, idle CPU while attached to a live run.
 
-Usage: python bench/bench_tui.py [--steps 250000] [--idle-seconds 20] [--repeats 3]
+Usage: python bench/bench_tui.py [--steps 250000] [--idle-seconds 20] [--repeats 3] [--baseline SRC]
 Each measurement runs in a fresh child process (a real client: import, attach, paint) so numbers are not
 warmed by earlier runs. Prints medians and the targets (first paint <= 1 s, RSS <= 150 MB, idle CPU <= 2 %).
+The live run appends one step line and one GPU sample per second, like a supervisor at gpu_interval=1.
+`--baseline SRC` (a directory holding another copy of the `nanotui` package) alternates idle measurements
+between SRC and this checkout in the same run, for before/after comparisons.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +46,9 @@ async def main():
         out["chart_points"] = len(app.snapshot.chart.line)
         if mode == "idle":
             log = os.path.join(run_dir, "logs", "02-base_train-a1.log")
+            gpu = os.path.join(run_dir, "gpu.jsonl")
+            with open(gpu, "rb") as f:
+                sample = json.loads(f.readlines()[-1])
             stop = threading.Event()
             def grow():  # a live run: one step line and one GPU sample per second
                 i = 10**6
@@ -48,6 +56,9 @@ async def main():
                     with open(log, "a") as f:
                         f.write(f"step {i:05d}/{2*10**6} (50.00%) | loss: 3.300000 | lrm: 1.00 | dt: 1000.00ms | "
                                 f"tok/sec: 8,192 | mfu: 31.50 | total time: 1.00m\n")
+                    sample["t"] = time.time()
+                    with open(gpu, "a") as f:
+                        f.write(json.dumps(sample) + "\n")
                     i += 1
             th = threading.Thread(target=grow, daemon=True); th.start()
             await asyncio.sleep(2.0)
@@ -65,9 +76,10 @@ asyncio.run(main())
 """
 
 
-def child(run_dir: Path, mode: str, idle_s: float) -> dict:
+def child(run_dir: Path, mode: str, idle_s: float, src: Path = REPO) -> dict:
+    """One measurement in a fresh interpreter importing `nanotui` from `src`."""
     res = subprocess.run([sys.executable, "-c", CHILD, str(run_dir), mode, str(idle_s)], capture_output=True,
-                         text=True, cwd=str(REPO), env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                         text=True, cwd=str(src), env={**os.environ, "PYTHONPATH": str(src)})
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -98,16 +110,45 @@ def export_screenshot(target: Path) -> None:
     print(f"wrote {target}")
 
 
+def compare(baseline: Path, steps: int, idle_s: float, repeats: int) -> int:
+    """Idle CPU of `baseline` and this checkout, alternating, each child on a fresh copy of the recorded run."""
+    import make_runs
+    results: dict[str, list[float]] = {"baseline": [], "current": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        pristine = make_runs.write_big_run(Path(tmp) / "base", steps)
+        for i in range(repeats):
+            for label, src in (("baseline", baseline), ("current", REPO)):
+                work = Path(tmp) / f"run-{label}-{i}"
+                shutil.copytree(pristine.parents[1], work)
+                idle = child(work / "runs" / pristine.name, "idle", idle_s, src)
+                results[label].append(idle["idle_cpu_pct"])
+                print(f"  round {i + 1} {label:8s}: idle CPU {idle['idle_cpu_pct']:.2f}%  RSS {idle['rss_mb']:.0f} MB  "
+                      f"(last step seen {idle['steps_seen']})", flush=True)
+                shutil.rmtree(work)
+    for label, vals in results.items():
+        print(f"idle CPU {label} ({baseline if label == 'baseline' else REPO}): median {statistics.median(vals):.2f}% "
+              f"of one core over {len(vals)} x {idle_s:.0f}s  [{', '.join(f'{v:.2f}' for v in vals)}]")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=250_000)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--screenshot", type=Path, help="only export the README screenshot SVG to this path")
+    ap.add_argument("--baseline", type=Path, help="a directory with another `nanotui` package: alternate idle "
+                    "measurements between it and this checkout")
     a = ap.parse_args()
     if a.screenshot:
         export_screenshot(a.screenshot)
         return 0
+    if a.baseline and not (a.baseline / "nanotui" / "tui" / "app.py").is_file():
+        print(f"error: --baseline {a.baseline} holds no nanotui/tui/app.py; pass the directory above the package",
+              file=sys.stderr)
+        return 2
+    if a.baseline:
+        return compare(a.baseline, a.steps, a.idle_seconds, a.repeats)
     import make_runs
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -123,7 +164,8 @@ def main() -> int:
           f"target <= 1.0s  {'OK' if fp <= 1.0 else 'MISS'}")
     print(f"whole-run history loaded in background: median {hist:.3f}s ({paints[0]['chart_points']} chart buckets)")
     print(f"client RSS (max): {rss:.1f} MB  target <= 150 MB  {'OK' if rss <= 150 else 'MISS'}")
-    print(f"idle CPU attached to a live run ({a.idle_seconds:.0f}s, 1 step/s): {idle['idle_cpu_pct']:.2f}% of one core  "
+    print(f"idle CPU attached to a live run ({a.idle_seconds:.0f}s, 1 step + 1 GPU sample/s): "
+          f"{idle['idle_cpu_pct']:.2f}% of one core  "
           f"target <= 2%  {'OK' if idle['idle_cpu_pct'] <= 2 else 'MISS'}  (last step seen {idle['steps_seen']})")
     return 0
 

@@ -5,6 +5,7 @@ load_history() (every log from the start) and then poll() on a timer; each retur
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import deque
@@ -30,6 +31,7 @@ class Decimator:
         self.cap = cap
         self.stride = 1  # raw points per bucket
         self.buckets: list[list[float]] = []  # [x_first, ymin, ymax, n]
+        self._points: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.buckets)
@@ -37,10 +39,13 @@ class Decimator:
     def append(self, x: float, y: float) -> None:
         last = self.buckets[-1] if self.buckets else None
         if last is not None and last[3] < self.stride and x >= last[0]:
-            last[1] = min(last[1], y)
-            last[2] = max(last[2], y)
             last[3] += 1
+            if y < last[1] or y > last[2]:
+                last[1] = min(last[1], y)
+                last[2] = max(last[2], y)
+                self._points = None
             return
+        self._points = None
         self.buckets.append([x, y, y, 1])
         if len(self.buckets) > self.cap:
             merged = []
@@ -56,9 +61,13 @@ class Decimator:
         """Drop everything from step `x` on (a restart re-runs those steps)."""
         while self.buckets and self.buckets[-1][0] >= x:
             self.buckets.pop()
+            self._points = None
 
     def points(self) -> tuple[tuple[float, float, float], ...]:
-        return tuple((b[0], b[1], b[2]) for b in self.buckets)
+        """The buckets as (x, ymin, ymax); the same tuple object until the series changes (cheap to compare)."""
+        if self._points is None:
+            self._points = tuple((b[0], b[1], b[2]) for b in self.buckets)
+        return self._points
 
 
 @dataclass
@@ -156,6 +165,7 @@ class RunSnapshot:
     pipeline_eta_s: float | None = None
     pipeline_eta_complete: bool = False
     metrics: StepView = StepView()
+    metrics_stage: str | None = None  # the stage `metrics` belong to
     chart: ChartData = ChartData()
     chart_stage: str | None = None
     training_stages: tuple[str, ...] = ()
@@ -167,6 +177,18 @@ class RunSnapshot:
     grace: object = None
     history_loaded: bool = False
     now: float = 0.0
+
+
+def file_signature(path: Path) -> tuple[int, int, int, int] | None:
+    """(inode, size, mtime_ns, ctime_ns) or None when missing: equal signatures mean no need to read it again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+_UNSEEN = object()
 
 
 def log_key(p: Path) -> tuple[int, int, str]:
@@ -196,8 +218,18 @@ class RunView:
         self._alive = False
         self._alive_checked = 0.0
         self.estimator = coreapi.Estimator([])
+        self._signatures: dict[Path, object] = {}
+        self._logs: list[Path] = []
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _changed(self, path: Path) -> bool:
+        """True the first time and whenever `path` was replaced, grew or was touched since the last call."""
+        sig = file_signature(path)
+        if self._signatures.get(path, _UNSEEN) == sig:
+            return False
+        self._signatures[path] = sig
+        return True
+
     def _stage_of_log(self, path: Path) -> str:
         return log_key(path)[2]
 
@@ -243,6 +275,9 @@ class RunView:
             self.log_tail.extend(coreapi.clean_line(s) for s in lines)
 
     def _read_events(self) -> None:
+        sig = file_signature(self.rd.events_path)
+        if sig is None or sig[1] == self.event_offset:  # append-only: same size, nothing new
+            return
         for ev, off in self.rd.iter_events_with_offsets(self.event_offset):
             self.event_offset = off
             kind, stage = ev.get("type"), ev.get("stage")
@@ -261,6 +296,8 @@ class RunView:
                 h.mark(ev.get("step") or h.last_step, "restart")
 
     def _read_gpu(self, n: int) -> None:
+        if not self._changed(self.rd.gpu_path):
+            return
         last_t = self.gpu_samples[-1].get("t", 0) if self.gpu_samples else -1
         for s in self.rd.read_gpu(tail=n):
             if s.get("t", 0) > last_t:
@@ -276,16 +313,21 @@ class RunView:
         self.parser = coreapi.new_parser(self._stage_of_log(log)) if log else None
 
     def _current_log(self) -> Path | None:
-        logs = self.rd.list_logs()
+        if self._changed(self.rd.logs_dir):  # a new attempt log changes the directory's mtime
+            self._logs = self.rd.list_logs()
+        logs = self._logs
         name = self.state.get("log")
         if name and (self.rd.path / name).exists():
             return self.rd.path / name
         return logs[-1] if logs else None
 
     def _refresh_state(self) -> None:
-        self.state = self.rd.read_state()
         now = time.monotonic()
-        if now - self._alive_checked > 5:
+        slow_tick = now - self._alive_checked > 5
+        # state.json is replaced atomically; a re-read every few seconds covers a reused inode within one mtime tick
+        if self._changed(self.rd.state_json) or slow_tick:
+            self.state = self.rd.read_state()
+        if slow_tick:
             self._alive = self.rd.supervisor_alive()
             self._alive_checked = now
 
@@ -384,6 +426,8 @@ class RunView:
             chart_stage = stage if stage in tstages else (tstages[-1] if tstages else None)
         metrics_stage = stage if stage in self.metrics else (self.tail_log and self._stage_of_log(self.tail_log))
         metrics = self.metrics.get(metrics_stage or "", StepView())
+        if metrics.step is None and chart_stage in self.metrics:  # e.g. a finished run: the last training stage
+            metrics_stage, metrics = chart_stage, self.metrics[chart_stage]
         if metrics.step is None and st.get("step") is not None:
             metrics = replace(metrics, step=st.get("step"), total=st.get("total"))
 
@@ -412,7 +456,7 @@ class RunView:
             phase=st.get("phase") or "starting", stage=stage, stage_index=st.get("stage_index"),
             attempt=st.get("attempt"), device_bs=st.get("device_bs"), seq_len=st.get("seq_len"),
             wandb_run=st.get("wandb_run"), reason=st.get("reason"), supervisor_alive=self._alive,
-            stages=tuple(rows), stage_eta_s=stage_eta, pipeline_eta_s=pipeline_eta,
+            stages=tuple(rows), stage_eta_s=stage_eta, metrics_stage=metrics_stage or None, pipeline_eta_s=pipeline_eta,
             pipeline_eta_complete=pipeline_eta_complete, metrics=metrics,
             chart=chart, chart_stage=chart_stage, training_stages=tuple(tstages), gpu=self._gpu_view(now),
             log_tail=tuple(self.log_tail), log_name=self.tail_log.name if self.tail_log else None,

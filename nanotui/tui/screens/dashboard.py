@@ -4,13 +4,14 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer
 
 from nanotui.tui.model import RunSnapshot
 from nanotui.tui.widgets.chart import LossChart
 from nanotui.tui.widgets.panels import (HeaderBar, LogTail, MetricsPanel, StagesPanel, SystemPanel,
-                                        VramPanel)
+                                        VramPanel, set_border)
 
 
 class DashboardScreen(Screen):
@@ -26,6 +27,8 @@ class DashboardScreen(Screen):
         Binding("question_mark,h,f1", "app.help", "Help"),
     ]
 
+    _panels: list | None = None
+
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
         with Horizontal(id="body"):
@@ -36,7 +39,7 @@ class DashboardScreen(Screen):
                 yield SystemPanel("GPU / host", id="system")
             with Vertical(id="main"):
                 chart = LossChart(id="chart")
-                chart.border_title = "loss"
+                set_border(chart, title="loss")
                 yield chart
                 yield LogTail("log", id="logtail")
         yield Footer()
@@ -47,12 +50,20 @@ class DashboardScreen(Screen):
             self.show(snap)
 
     def show(self, snap: RunSnapshot) -> None:
-        self.query_one(HeaderBar).show(snap)
-        for panel in (StagesPanel, MetricsPanel, VramPanel, SystemPanel, LogTail):
-            self.query_one(panel).show(snap)
-        chart = self.query_one(LossChart)
+        """Hand the snapshot to every panel; each repaints only if what it shows changed."""
+        if self._panels is None:
+            try:
+                self._panels = [self.query_one(kind) for kind in (HeaderBar, StagesPanel, MetricsPanel, VramPanel,
+                                                                  SystemPanel, LogTail, LossChart)]
+            except NoMatches:  # not composed yet, or being torn down while a snapshot was in flight
+                return
+        if not self._panels[0].is_attached:
+            return
+        *panels, chart = self._panels
+        for panel in panels:
+            panel.show(snap)
         chart.set_data(snap.chart)
         title = f"loss · {snap.chart_stage}" if snap.chart_stage else "loss"
         if len(snap.training_stages) > 1:
             title += "  (t: next stage)"
-        chart.border_title = title
+        set_border(chart, title=title)

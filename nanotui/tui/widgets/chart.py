@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -43,6 +44,18 @@ def human(v: float) -> str:
     return f"{v:.3g}"
 
 
+def axis_labels(lo: float, hi: float, rows: int) -> dict[int, float]:
+    """Value labels for a y axis of `rows` rows: top and bottom always, one about every 6 rows between."""
+    if rows < 3:
+        return {0: hi, rows - 1: lo}
+    n = max(3, min(9, (rows - 1) // 6 + 1))
+    out = {}
+    for i in range(n):
+        r = round(i * (rows - 1) / (n - 1))
+        out[r] = hi - (hi - lo) * r / (rows - 1)
+    return out
+
+
 def _nice_range(lo: float, hi: float) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return 0.0, 1.0
@@ -73,6 +86,12 @@ class _Canvas:
             y0, y1 = y1, y0
         for py in range(y0, y1 + 1):
             self.dot(px, py, style)
+
+    def segment(self, xa: int, ya: int, xb: int, yb: int, style: str) -> None:
+        """A straight line of dots from (xa, ya) to (xb, yb), one dot per step along the longer axis."""
+        n = max(abs(xb - xa), abs(yb - ya), 1)
+        for i in range(n + 1):
+            self.dot(xa + round((xb - xa) * i / n), ya + round((yb - ya) * i / n), style)
 
     def row_text(self, r: int) -> Text:
         """One row, with runs of equally styled cells appended as one span (cheap to build and render)."""
@@ -108,17 +127,30 @@ def downsample(line: Sequence[tuple[float, float, float]], x0: float, x1: float,
     return [tuple(c) if c else None for c in out]  # type: ignore[misc]
 
 
-def render_chart(data: ChartData, width: int, height: int, *, line_style: str = "bright_blue",
-                 point_style: str = "magenta", axis_style: str = "dim") -> list[Text]:
-    """Lines of text (legend, plot rows, x-axis, x labels) exactly `width` cells wide, `height` rows."""
+SHORT_NAMES = {"checkpoint": "ckpt", "restart": "rst", "batch": "bs"}
+
+
+def chart_legend(data: ChartData, line_style: str, point_style: str, short: bool = False) -> Text:
+    """The legend line: series and the marker kinds present (`short`: terse names for narrow charts)."""
+    sep = " " if short else "  "
     legend = Text(" ")
-    legend.append(f"━ {data.line_label}", line_style)
+    legend.append(f"━ {data.line_label.split()[-1] if short else data.line_label}", line_style)
     if data.points:
-        legend.append(f"  ● {data.points_label}", point_style)
+        legend.append(f"{sep}● {data.points_label}", point_style)
     for kind in ("checkpoint", "oom", "restart", "batch"):
         if any(k == kind for _, k in data.markers):
             glyph, style = MARKER_GLYPHS[kind]
-            legend.append(f"  {glyph} {'ckpt' if kind == 'checkpoint' else kind}", style)
+            name = SHORT_NAMES.get(kind, kind) if short else ("ckpt" if kind == "checkpoint" else kind)
+            legend.append(f"{sep}{glyph} {name}", style)
+    return legend
+
+
+def render_chart(data: ChartData, width: int, height: int, *, line_style: str = "bright_blue",
+                 point_style: str = "magenta", axis_style: str = "dim") -> list[Text]:
+    """Lines of text (legend, plot rows, x-axis, x labels) exactly `width` cells wide, `height` rows."""
+    legend = chart_legend(data, line_style, point_style)
+    if legend.cell_len > width:
+        legend = chart_legend(data, line_style, point_style, short=True)
     legend.truncate(width)
     rows = max(1, height - 3)
     lines = [legend]
@@ -136,8 +168,10 @@ def render_chart(data: ChartData, width: int, height: int, *, line_style: str = 
     x0 = 0.0
     x1 = max(max(xs) if xs else 1.0, data.x_max or 0.0, 1.0)
 
-    left = max(len(human(v)) for v in (y0, y1, (y0 + y1) / 2)) + 1
-    right = (max(len(human(v)) for v in (q0, q1, (q0 + q1) / 2)) + 1) if pys else 0
+    label_rows = axis_labels(y0, y1, rows)
+    plabel_rows = axis_labels(q0, q1, rows)
+    left = max(len(human(v)) for v in label_rows.values()) + 1
+    right = (max(len(human(v)) for v in plabel_rows.values()) + 1) if pys else 0
     cols = max(4, width - left - right - 1 - (1 if right else 0))
     canvas = _Canvas(cols, rows)
     px_w, py_h = cols * 2, rows * 4
@@ -158,21 +192,15 @@ def render_chart(data: ChartData, width: int, height: int, *, line_style: str = 
         if cell is None:
             continue
         top, bot = ypix(cell[1], y0, y1), ypix(cell[0], y0, y1)
-        if prev is not None and px - prev[0] <= 2:  # join to the previous column so the line stays continuous
-            top, bot = min(top, prev[1]), max(bot, prev[1]) if prev[1] > bot else bot
-            mid = (ypix(cell[0], y0, y1) + ypix(cell[1], y0, y1)) // 2
-            canvas.vline(px, min(top, prev[1]), max(bot, prev[1]), line_style)
-            prev = (px, mid)
-        else:
-            canvas.vline(px, top, bot, line_style)
-            prev = (px, (top + bot) // 2)
-    for x, y in data.points:
+        canvas.vline(px, top, bot, line_style)  # the min/max envelope of this pixel column
+        if prev is not None:  # join to the previous column across any gap, so the line stays continuous
+            canvas.segment(prev[0], prev[1], px, (top + bot) // 2, line_style)
+        prev = (px, (top + bot) // 2)
+    for x, y in data.points:  # each val point a 2x2 dot on its own (right) axis
         px, py = xpix(x), ypix(y, q0, q1)
         for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
             canvas.dot(px + dx, py + dy, point_style)
 
-    label_rows = {0: y1, rows - 1: y0, (rows - 1) // 2: (y0 + y1) / 2} if rows >= 3 else {0: y1, rows - 1: y0}
-    plabel_rows = {0: q1, rows - 1: q0, (rows - 1) // 2: (q0 + q1) / 2} if rows >= 3 else {0: q1, rows - 1: q0}
     for r in range(rows):
         t = Text(human(label_rows[r]).rjust(left - 1) + " " if r in label_rows else " " * left, line_style)
         t.append("│", axis_style)
@@ -212,21 +240,49 @@ def render_chart(data: ChartData, width: int, height: int, *, line_style: str = 
     return [ln if ln.cell_len <= width else ln[:width] for ln in lines]
 
 
+def same_series(old: ChartData, new: ChartData) -> bool:
+    """True when `new` only extends `old`'s line (live steps arriving): such changes may wait for a throttled redraw;
+    anything else (history loaded, another stage, new val point or marker) is drawn at once."""
+    return (old.title == new.title and old.x_max == new.x_max and old.points == new.points
+            and old.markers == new.markers and bool(old.line) and old.line[:1] == new.line[:1])
+
+
 class LossChart(Widget):
-    """Widget around render_chart: re-renders at its own size whenever `data` changes."""
+    """Widget around render_chart. A new picture is drawn when `data` changes: at once for a new series, at most
+    every `min_interval` seconds while live steps extend the line (the whole-run chart moves a pixel at a time)."""
 
     DEFAULT_CSS = "LossChart { height: 1fr; min-height: 8; }"
 
-    def __init__(self, *, id: str | None = None):
+    def __init__(self, *, id: str | None = None, min_interval: float = 2.0):
         super().__init__(id=id)
         self.data = ChartData()
+        self.min_interval = min_interval
+        self.renders = 0  # how many pictures were drawn (tests and the benchmark read it)
+        self._drawn_at = float("-inf")
+        self._timer = None
 
     def set_data(self, data: ChartData) -> None:
-        if data != self.data:
-            self.data = data
+        if data == self.data:
+            return
+        old, self.data = self.data, data
+        if self._timer is not None:
+            if same_series(old, data):
+                return  # the pending redraw will pick up the newest data
+            self._timer.stop()
+            self._timer = None
+        wait = self._drawn_at + self.min_interval - time.monotonic()
+        if wait > 0 and same_series(old, data):
+            self._timer = self.set_timer(wait, self._redraw, name="chart-redraw")
+        else:
             self.refresh()
 
+    def _redraw(self) -> None:
+        self._timer = None
+        self.refresh()
+
     def render(self) -> Text:
+        self._drawn_at = time.monotonic()
+        self.renders += 1
         w, h = self.content_size.width, self.content_size.height
         if w < 10 or h < 4:
             return Text("")

@@ -1,6 +1,7 @@
 """Dashboard panels rendered from a RunSnapshot: header, stage list, step metrics, VRAM gauge, GPU/host, log tail."""
 from __future__ import annotations
 
+from rich.control import strip_control_codes
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
@@ -66,81 +67,187 @@ def bar(frac: float, width: int) -> str:
     return ("█" * full + part).ljust(width, "·")
 
 
+def text_key(t: Text) -> tuple:
+    """What a Text looks like on screen (characters and styles): two equal keys render the same."""
+    return (t.plain, tuple(t.spans), str(t.style))
+
+
+def set_border(widget, title: str | None = None, subtitle: str | None = None) -> None:
+    """Assign border title/subtitle only when they differ: Textual repaints the widget on every assignment."""
+    if title is not None and getattr(widget, "_title_raw", None) != title:
+        widget._title_raw = title
+        widget.border_title = title
+    if subtitle is not None and getattr(widget, "_subtitle_raw", None) != subtitle:
+        widget._subtitle_raw = subtitle
+        widget.border_subtitle = subtitle
+
+
 class Panel(Static):
-    """A bordered Static that re-renders from each snapshot."""
+    """A bordered Static rebuilt from each snapshot; Textual repaints it only when what it shows changed.
+
+    Sizes come from the stylesheet, never from the content, so updates skip the layout pass."""
 
     def __init__(self, title: str, *, id: str | None = None):
         super().__init__("", id=id, classes="panel")
-        self.border_title = title
-        self._last = None
+        set_border(self, title=title)
+        self._shown: tuple | None = None
+        self._snap: RunSnapshot | None = None
+        self.repaints = 0  # how often the content really changed (tests and the benchmark read it)
 
     def show(self, snap: RunSnapshot) -> None:
-        content = self.build(snap)
-        key = content.plain if isinstance(content, Text) else None
-        if key is None or key != self._last:
-            self._last = key
-            self.update(content)
+        self._snap = snap
+        inputs = self.inputs(snap)
+        content = None
+        if inputs is None:  # compare what was built
+            content = self.build(snap)
+            inputs = self.content_key(content)
+        key = (self.content_size, inputs)
+        if key != self._shown:
+            self._shown = key
+            self.repaints += 1
+            self.update(self.build(snap) if content is None else content, layout=False)
+
+    def inputs(self, snap: RunSnapshot) -> object | None:
+        """The snapshot pieces this panel shows, when cheaper to compare than building it (None: build, compare)."""
+        return None
+
+    def on_resize(self) -> None:
+        if self._snap is not None:  # widths/heights feed the bars, sparklines and the log tail
+            self.show(self._snap)
+
+    def content_key(self, content) -> object:
+        return text_key(content) if isinstance(content, Text) else id(content)
 
     def build(self, snap: RunSnapshot):  # pragma: no cover - overridden
         return Text("")
 
 
 class HeaderBar(Static):
-    """One line: run, profile, phase, stage, attempt, DEVICE_BS, SEQ_LEN, W&B run."""
+    """One line: run, profile, phase, stage, attempt, DEVICE_BS, SEQ_LEN, W&B run (shorter labels when narrow)."""
 
-    def show(self, snap: RunSnapshot) -> None:
-        t = Text(" nanotui ", "bold reverse")
-        t.append(f" {snap.profile} ", "bold")
-        t.append(f"{snap.run_id}  ", "dim")
+    _shown: tuple | None = None
+    _snap: RunSnapshot | None = None
+
+    @staticmethod
+    def build(snap: RunSnapshot, compact: bool = False) -> Text:
+        t = Text()
+        if not compact:
+            t.append(" nanotui ", "bold reverse")
+            t.append(f" {snap.profile} ", "bold")
+            t.append(f"{snap.run_id}  ", "dim")
+        else:
+            t.append(" ")
         t.append(snap.phase.upper(), PHASE_STYLE.get(snap.phase, "bold"))
         if snap.stage:
             n = len(snap.stages)
-            t.append(f"  {snap.stage}", "bold")
+            t.append(f"  {snap.stage}" if not compact else f" {snap.stage}", "bold")
             if snap.stage_index is not None and n:
-                t.append(f" ({snap.stage_index + 1}/{n})", "dim")
-        t.append("  attempt ", "dim")
-        t.append(str(snap.attempt if snap.attempt is not None else "–"))
-        t.append("  DEVICE_BS ", "dim")
-        t.append(str(snap.device_bs if snap.device_bs is not None else "–"))
-        t.append("  SEQ_LEN ", "dim")
-        t.append(str(snap.seq_len if snap.seq_len is not None else "–"))
-        t.append("  W&B ", "dim")
-        t.append(snap.wandb_run or "–")
+                t.append(f" ({snap.stage_index + 1}/{n})" if not compact else f" {snap.stage_index + 1}/{n}", "dim")
+        labels = (" a", " BS ", " SEQ ", " W&B ") if compact else ("  attempt ", "  DEVICE_BS ", "  SEQ_LEN ", "  W&B ")
+        values = (snap.attempt, snap.device_bs, snap.seq_len, snap.wandb_run)
+        for label, value in zip(labels, values):
+            t.append(label, "dim")
+            t.append(str(value) if value not in (None, "") else "–")
+        if compact:
+            t.append(f" {snap.profile}", "dim")
         if not snap.supervisor_alive and snap.phase in ("running", "waiting", "starting"):
-            t.append("  (no supervisor)", "bold red")
+            t.append("  (no supervisor)" if not compact else " (no supervisor)", "bold red")
         if not snap.history_loaded:
-            t.append("  loading history…", "italic dim")
-        self.update(t)
+            t.append("  loading history…" if not compact else " loading…", "italic dim")
+        return t
+
+    def show(self, snap: RunSnapshot) -> None:
+        self._snap = snap
+        t = self.build(snap)
+        if self.size.width and t.cell_len > self.size.width:
+            t = self.build(snap, compact=True)
+        key = text_key(t)
+        if key != self._shown:
+            self._shown = key
+            self.update(t, layout=False)
+
+    def on_resize(self) -> None:
+        if self._snap is not None:
+            self.show(self._snap)
+
+
+def current_stage_index(snap: RunSnapshot) -> int:
+    """The row to keep in view: the running/waiting stage, else the state's index, else the last one started."""
+    for i, row in enumerate(snap.stages):
+        if row.state in ("running", "waiting"):
+            return i
+    if snap.stage_index is not None and 0 <= snap.stage_index < len(snap.stages):
+        return snap.stage_index
+    started = [i for i, row in enumerate(snap.stages) if row.state != "pending"]
+    return started[-1] if started else 0
+
+
+def stage_window(n: int, current: int, height: int) -> tuple[int, int]:
+    """Rows [start, end) of `n` stages that fit `height` lines with `current` (and the one before it) in view;
+    a hidden part above or below costs one line for its "… N earlier/more" row."""
+    if n <= height:
+        return 0, n
+    if height < 3:
+        start = min(max(0, current), max(0, n - height))
+        return start, start + max(1, height)
+    start = max(0, current - 1)
+    if start == 0:
+        return 0, height - 1
+    if start + height - 1 >= n:  # the end is in view: fill the panel from below
+        return n - (height - 1), n
+    return start, start + height - 2
 
 
 class StagesPanel(Panel):
-    def build(self, snap: RunSnapshot):
+    """One row per stage: state glyph, name (+attempt), elapsed, ETA; the pipeline ETA as the subtitle."""
+
+    def rows(self, snap: RunSnapshot) -> tuple:
+        stages = list(snap.stages)
+        height = self.content_size.height or len(stages)
+        start, end = stage_window(len(stages), current_stage_index(snap), height)
+        hints = height >= 3  # "… N earlier/more" rows only when there is room for them
+        out = [("…", "dim", f"{start} earlier", False, "", "")] if start and hints else []
+        for row in stages[start:end]:
+            glyph, style = STATE_GLYPH.get(row.state, ("?", ""))
+            name = row.name + (f" a{row.attempts}" if row.attempts > 1 else "")
+            eta = "" if row.state in ("done", "pending") or row.eta_s is None else fmt_duration(row.eta_s)
+            out.append((glyph, style, name, row.state in ("running", "waiting"),
+                        fmt_duration(row.elapsed_s) if row.elapsed_s is not None else "", eta))
+        if end < len(stages) and hints:
+            out.append(("…", "dim", f"{len(stages) - end} more", False, "", ""))
+        return tuple(out)
+
+    def build(self, snap: RunSnapshot) -> Table:
         table = Table.grid(padding=(0, 1), expand=True)
         table.add_column(width=1)
         table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         table.add_column(justify="right", no_wrap=True)
         table.add_column(justify="right", no_wrap=True)
-        for row in snap.stages:
-            glyph, style = STATE_GLYPH.get(row.state, ("?", ""))
-            name = row.name + (f" a{row.attempts}" if row.attempts > 1 else "")
-            eta = "" if row.state in ("done", "pending") or row.eta_s is None else fmt_duration(row.eta_s)
-            table.add_row(Text(glyph, style), Text(name, "bold" if row.state in ("running", "waiting") else ""),
-                          Text(fmt_duration(row.elapsed_s) if row.elapsed_s is not None else "", "dim"),
+        for glyph, style, name, active, elapsed, eta in self.rows(snap):
+            table.add_row(Text(glyph, style), Text(name, "bold" if active else ""), Text(elapsed, "dim"),
                           Text(eta, "yellow"))
-        if snap.pipeline_eta_s is not None:
-            more = "" if snap.pipeline_eta_complete else "≥"
-            self.border_subtitle = f"pipeline ETA {more}{fmt_duration(snap.pipeline_eta_s)}"
-        else:
-            self.border_subtitle = "done" if snap.phase == "done" else ""
         return table
 
     def show(self, snap: RunSnapshot) -> None:
-        self.update(self.build(snap))
+        self._snap = snap
+        if snap.pipeline_eta_s is not None:
+            more = "" if snap.pipeline_eta_complete else "≥"
+            set_border(self, subtitle=f"pipeline ETA {more}{fmt_duration(snap.pipeline_eta_s)}")
+        else:
+            set_border(self, subtitle="done" if snap.phase == "done" else "")
+        key = (self.content_size, self.rows(snap))
+        if key != self._shown:
+            self._shown = key
+            self.repaints += 1
+            self.update(self.build(snap), layout=False)
 
 
 class MetricsPanel(Panel):
+    """Step/total, ETA, loss and val, tok/s, MFU, lrm, dt of the stage shown in the title."""
+
     def build(self, snap: RunSnapshot) -> Text:
         m = snap.metrics
+        set_border(self, title=f"training · {snap.metrics_stage}" if snap.metrics_stage else "training")
         t = Text()
         if m.step is not None:
             t.append("step ", "dim")
@@ -183,7 +290,7 @@ class VramPanel(Panel):
                 t.append(f"{gib(g.ram_used)}/{gib(g.ram_total)} GiB\n")
                 t.append(bar(frac, width) + "\n", "cyan")
                 t.append(sparkline(g.ram_trend, width) or "", "cyan")
-            self.border_title = "VRAM (host memory)"
+            set_border(self, title="VRAM (host memory)")
             return t
         used, total = g.mem_used or 0, g.mem_total
         free = max(0, total - used)
@@ -201,7 +308,7 @@ class VramPanel(Panel):
             t.append(f"{gib(g.proc_mem)} GiB ({100 * g.proc_mem / total:.0f}% of card)")
         t.append("\n")
         t.append(sparkline(g.mem_trend, width) or "", style)
-        self.border_title = f"VRAM {g.name or ''}".rstrip()
+        set_border(self, title=f"VRAM {g.name or ''}".rstrip())
         return t
 
 
@@ -229,14 +336,19 @@ class SystemPanel(Panel):
 
 
 class LogTail(Panel):
+    """The last lines of the current stage log that fit; errors in red, attempt separators dimmed."""
+
+    def inputs(self, snap: RunSnapshot) -> object:
+        return snap.log_tail[-max(1, self.content_size.height or 6):], snap.log_name
+
     def build(self, snap: RunSnapshot) -> Text:
-        height = max(1, self.content_size.height or 6)
-        lines = snap.log_tail[-height:]
-        t = Text(no_wrap=True, overflow="ellipsis")
-        for i, line in enumerate(lines):
+        lines = [strip_control_codes(s) for s in snap.log_tail[-max(1, self.content_size.height or 6):]]
+        t = Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
+        pos = 0
+        for line in lines:
             style = "red" if ("Error" in line or "OOM" in line) else ("dim" if line.startswith("──") else "")
-            t.append(line, style)
-            if i < len(lines) - 1:
-                t.append("\n")
-        self.border_title = f"log {snap.log_name or ''}".rstrip()
+            if style:
+                t.stylize(style, pos, pos + len(line))
+            pos += len(line) + 1
+        set_border(self, title=f"log {snap.log_name or ''}".rstrip())
         return t
