@@ -1,5 +1,6 @@
 """common.py: device detection, single-process init, base dir, rank-0 printing, peak-FLOPs table, usage errors."""
 import subprocess
+from pathlib import Path
 import sys
 import textwrap
 
@@ -9,7 +10,7 @@ import torch
 from nanochat import common
 from nanochat.common import (UsageError, autodetect_device_type, compute_init, compute_mfu, format_mfu,
                              get_base_dir, get_dist_info, get_peak_flops, peak_flops_for_name, print0)
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_autodetect_prefers_cuda_then_mps_then_cpu(monkeypatch):
