@@ -1,0 +1,131 @@
+"""Chat evaluation: ARC-E/C and MMLU by letter logits, GSM8K / HumanEval / spelling by sampling (HumanEval code runs
+in the sandbox), and ChatCORE (mean accuracy centred on each task's random baseline). --demo: synthetic tasks."""
+import torch
+import torch.distributed as dist
+
+from nanochat.checkpoint import load_model
+from nanochat.common import ArgumentParser, UsageError, compute_cleanup, compute_init, print0, run_main
+from nanochat.engine import Engine
+from nanochat.report import get_report
+
+REAL_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]
+RANDOM_BASELINE = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "DemoFirstLetter": 0.25}
+
+
+def load_task(name: str, demo: bool):
+    from nanochat.tasks.demo import DEMO_EVAL_TASK_NAMES
+    known = DEMO_EVAL_TASK_NAMES if demo else REAL_TASKS
+    if name not in known:
+        raise UsageError(f"unknown task {name!r}{' in --demo' if demo else ''}; choose from {', '.join(known)}")
+    if demo:
+        from nanochat.tasks.demo import demo_eval_tasks
+        return demo_eval_tasks()[name]
+    from nanochat.tasks.arc import ARC
+    from nanochat.tasks.gsm8k import GSM8K
+    from nanochat.tasks.humaneval import HumanEval
+    from nanochat.tasks.mmlu import MMLU
+    from nanochat.tasks.spelling import SpellingBee
+    return {"ARC-Easy": lambda: ARC("ARC-Easy", "test"), "ARC-Challenge": lambda: ARC("ARC-Challenge", "test"),
+            "MMLU": lambda: MMLU("all", "test"), "GSM8K": lambda: GSM8K("main", "test"),
+            "HumanEval": lambda: HumanEval(), "SpellingBee": lambda: SpellingBee(size=256, split="test")}[name]()
+
+
+@torch.no_grad()
+def run_categorical(model, tokenizer, task, indices, batch_size, device):
+    """Pick the answer letter with the highest logit after `<|assistant_start|>`; returns the number correct."""
+    correct = 0
+    for start in range(0, len(indices), batch_size):
+        convs = [task[i] for i in indices[start:start + batch_size]]
+        prompts = [tokenizer.render_for_completion(c) for c in convs]
+        width = max(len(p) for p in prompts)
+        pad = tokenizer.get_bos_token_id()
+        x = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
+        logits = model(x)
+        for row, (conv, prompt) in enumerate(zip(convs, prompts)):
+            letter_ids = [tokenizer.encode(letter)[0] for letter in conv["letters"]]
+            scores = logits[row, len(prompt) - 1, letter_ids]
+            predicted = conv["letters"][int(scores.argmax())]
+            correct += int(task.evaluate(conv, predicted))
+    return correct
+
+
+def run_generative(engine, tokenizer, task, indices, num_samples, max_new_tokens, temperature, top_k):
+    """Sample completions; a problem counts as solved when any sample passes the task's check."""
+    correct = 0
+    for i in indices:
+        conv = task[i]
+        prompt = tokenizer.render_for_completion(conv)
+        results, _ = engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
+                                           temperature=temperature, top_k=top_k)
+        completions = [tokenizer.decode(r[len(prompt):]) for r in results]
+        correct += int(any(task.evaluate(conv, c) for c in completions))
+    return correct
+
+
+def chatcore(accuracies: dict) -> float:
+    """Mean over tasks of (accuracy - baseline) / (1 - baseline)."""
+    centred = [(acc - RANDOM_BASELINE.get(name, 0.0)) / (1.0 - RANDOM_BASELINE.get(name, 0.0))
+               for name, acc in accuracies.items()]
+    return sum(centred) / len(centred)
+
+
+def build_parser():
+    p = ArgumentParser(prog="python -m nanochat.scripts.chat_eval", description=__doc__)
+    p.add_argument("-i", "--source", choices=["mid", "sft"], default="sft", help="which chat model")
+    p.add_argument("-a", "--task_name", default=None, help="tasks separated by | (default: all)")
+    p.add_argument("--model_tag", default=None)
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--demo", action="store_true", help="evaluate the offline synthetic tasks")
+    p.add_argument("--max_problems", type=int, default=None, help="at most this many problems per task")
+    p.add_argument("--batch_size", type=int, default=8, help="batch of the categorical (letter) evaluation")
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--max_new_tokens", type=int, default=None)
+    p.add_argument("-t", "--temperature", type=float, default=0.0)
+    p.add_argument("-k", "--top_k", type=int, default=50)
+    p.add_argument("--device_type", default="")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args = vars(args)
+    ddp, rank, _, world_size, device = compute_init(args["device_type"] or None)
+    model, tokenizer, meta = load_model(args["source"], device, phase="eval", model_tag=args["model_tag"],
+                                        step=args["step"])
+    engine = Engine(model, tokenizer)
+    if args["demo"]:
+        from nanochat.tasks.demo import DEMO_EVAL_TASK_NAMES
+        names = list(DEMO_EVAL_TASK_NAMES)
+    else:
+        names = REAL_TASKS
+    if args["task_name"]:
+        names = args["task_name"].split("|")
+    max_new = args["max_new_tokens"] or (64 if args["demo"] else 512)
+    accuracies = {}
+    for name in names:
+        task = load_task(name, args["demo"])
+        n = len(task) if args["max_problems"] is None else min(len(task), args["max_problems"])
+        indices = list(range(rank, n, world_size))
+        if task.eval_type == "categorical":
+            correct = run_categorical(model, tokenizer, task, indices, args["batch_size"], device)
+        else:
+            correct = run_generative(engine, tokenizer, task, indices, args["num_samples"], max_new,
+                                     args["temperature"], args["top_k"])
+        counts = torch.tensor([correct, len(indices)], dtype=torch.long, device=device)
+        if ddp:
+            dist.all_reduce(counts)
+        accuracies[name] = counts[0].item() / max(1, counts[1].item())
+        print0(f"{name} accuracy: {100 * accuracies[name]:.2f}% ({counts[0].item()}/{counts[1].item()})")
+    results = dict(accuracies)
+    if accuracies:
+        results["ChatCORE"] = chatcore(accuracies)
+        print0(f"ChatCORE metric: {results['ChatCORE']:.4f}")
+    get_report().log(f"Chat evaluation {args['source']}", [
+        f"source: {args['source']} | model_tag: {args['model_tag'] or 'default'} | step: {meta.get('step')} | "
+        f"demo: {args['demo']}", results])
+    compute_cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

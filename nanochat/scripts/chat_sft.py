@@ -1,0 +1,118 @@
+"""Supervised fine-tuning: padded conversation batches with assistant-only loss masks, starting from the midtrained
+(or base) model, on the shared resumable trainer (checkpoints, resume, OOM, signals, SFT log lines)."""
+import os
+import time
+from dataclasses import asdict
+
+import torch
+
+from nanochat.checkpoint import STAGE_DIRS, find_largest_model, load_model
+from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
+from nanochat.report import get_report
+from nanochat.scripts.mid_train import scale_initial_lr
+from nanochat.tasks.batching import SFTLoader, check_sft_batch
+from nanochat.tasks.mixtures import sft_mixture
+from nanochat.trainer import EXIT_OK, FlagParser, Trainer, add_training_flags, float_flag, positive_int
+
+
+def build_parser():
+    p = FlagParser(prog="python -m nanochat.scripts.chat_sft", description=__doc__)
+    add_training_flags(p, device_batch_size=4, max_seq_len=2048, total_batch_size=1, num_iterations=-1,
+                       eval_every=None, eval_tokens=1, save_every=500)
+    p.add_argument("--demo", action="store_true", help="offline synthetic mixture (no download)")
+    p.add_argument("--source", choices=["mid", "base"], default="mid", help="checkpoint stage to start from")
+    p.add_argument("--source_step", type=positive_int, default=None)
+    p.add_argument("--target_examples_per_step", type=positive_int, default=32,
+                   help="conversations per optimizer step (all ranks together)")
+    p.add_argument("--num_epochs", type=positive_int, default=1)
+    p.add_argument("--eval_steps", type=positive_int, default=None, help="validation micro-batches per evaluation")
+    p.add_argument("--unembedding_lr", type=float_flag, default=0.004)
+    p.add_argument("--embedding_lr", type=float_flag, default=0.2)
+    p.add_argument("--matrix_lr", type=float_flag, default=0.02)
+    p.add_argument("--weight_decay", type=float_flag, default=0.0)
+    p.add_argument("--init_lr_frac", type=float_flag, default=0.02)
+    return p
+
+
+def sft_lr_multiplier(num_iterations):
+    """Linear decay from 1 to 0 over the run (as upstream), clamped to [0, 1]."""
+    return lambda it: min(1.0, max(0.0, 1.0 - it / max(1, num_iterations)))
+
+
+def masked_sum_loss(forward, loader, accum, world_size):
+    """The per-micro-batch loss the trainer backpropagates (it divides by accum): the summed token loss scaled so
+    the step's gradient is the mean over all valid targets of the step. A fully masked micro-batch gives 0."""
+    def loss_fn(x, y):
+        return forward(x, y, loss_reduction="sum") * (accum * world_size / max(1, loader().step_valid_targets))
+    return loss_fn
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    t_start = time.time()
+    ddp, rank, _, world_size, device = compute_init(args.device_type or None)
+    accum = check_sft_batch(args.target_examples_per_step, args.device_batch_size, world_size)
+    args.total_batch_size = args.target_examples_per_step  # SFT counts its batch in conversations
+    if args.eval_every is None:
+        args.eval_every = 50 if args.demo else 100
+    if args.eval_steps is None:
+        args.eval_steps = 4 if args.demo else 100
+    model_tag = args.model_tag or find_largest_model(os.path.join(get_base_dir(), STAGE_DIRS[args.source]))
+    model, tokenizer, source_meta = load_model(args.source, device, phase="train", model_tag=model_tag,
+                                               step=args.source_step)
+    print0(f"Loaded {args.source} model {model_tag} step {source_meta.get('step')}")
+    print0(f"Vocab size: {tokenizer.get_vocab_size():,}")
+    print0(f"Number of parameters: {model.num_params():,}")
+    train_set, val_set = sft_mixture("train", args.demo), sft_mixture("test", args.demo)
+    print0(f"SFT mixture: {len(train_set):,} conversations (validation {len(val_set):,})")
+    num_iterations = args.num_iterations
+    if num_iterations < 0:
+        num_iterations = max(1, len(train_set) // args.target_examples_per_step * args.num_epochs)
+        print0(f"Calculated number of iterations: {num_iterations:,}")
+    optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
+                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
+    scale_initial_lr(optimizers, args.init_lr_frac)
+
+    def make_loader(state):
+        return SFTLoader(tokenizer, train_set, args.device_batch_size, accum, device, args.max_seq_len, rank,
+                         world_size, state=state)
+
+    def evaluate(trainer, step, last):
+        if not (last or (args.eval_every > 0 and step % args.eval_every == 0)):
+            return
+        model.eval()
+        val = SFTLoader(tokenizer, val_set, args.device_batch_size, 1, device, args.max_seq_len, rank, world_size)
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for _ in range(args.eval_steps):
+                x, y = val.next_batch()
+                total[0] += trainer.eval_forward(x, y, loss_reduction="sum").double()
+                total[1] += (y >= 0).sum()
+        if ddp:
+            torch.distributed.all_reduce(total)
+        model.train()
+        trainer.record_val_loss(step, (total[0] / total[1].clamp(min=1)).item())
+
+    trainer = Trainer(
+        args=args, stage="sft", model_tag=model_tag, model=model, optimizers=optimizers, device=device,
+        make_train_loader=make_loader, num_iterations=num_iterations,
+        lr_multiplier=sft_lr_multiplier(num_iterations), flops_per_token=None, evaluators=[evaluate],
+        meta={"model_config": asdict(model.config), "source": {"stage": args.source,
+                                                                 "step": source_meta.get("step")}},
+        user_config=vars(args), log_style="sft", compile_model=False, grad_accum_steps=accum)
+    # the trainer averages micro-batch losses; SFT normalises by the step's count of valid targets instead
+    trainer.forward_model = masked_sum_loss(model, lambda: trainer.loader, accum, world_size)
+    print0(f"Target examples per step: {args.target_examples_per_step} => gradient accumulation steps: {accum}")
+    rc = trainer.run()
+    if rc == EXIT_OK:
+        get_report().log("Chat SFT", [vars(args), {
+            "Number of iterations": num_iterations, "Training conversations": len(train_set),
+            "Last training loss": getattr(trainer, "last_train_loss", float("nan")),
+            "Wall time (min)": (time.time() - t_start) / 60,
+            "Peak memory (MiB)": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0}])
+    compute_cleanup()
+    return rc
+
+
+if __name__ == "__main__":
+    run_main(main)

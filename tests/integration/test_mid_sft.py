@@ -1,0 +1,116 @@
+"""mid_train and chat_sft on the shared trainer: exact optimizer-step counts, LR multiplier in [0, 1], masked SFT
+batches without NaN, clear batch errors, offline exit 2, and exact resume after SIGKILL and an injected OOM."""
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pipeline_fixtures import make_base_checkpoint, run_stage
+
+MID = ["nanochat.scripts.mid_train", "--model_tag=demo", "--device_batch_size=2", "--max_seq_len=64",
+       "--total_batch_size=512", "--demo", "--eval_every=-1", "--device_type=cpu"]
+SFT = ["nanochat.scripts.chat_sft", "--model_tag=demo", "--source=base", "--target_examples_per_step=4",
+       "--max_seq_len=96", "--demo", "--eval_every=-1", "--device_type=cpu"]
+ENV = {"NANOCHAT_NS_DTYPE": "float32", "OMP_NUM_THREADS": "1"}
+
+
+def test_mid_counts_optimizer_steps_and_lr_stays_in_range(base_dir):
+    make_base_checkpoint(base_dir)
+    out = run_stage(*MID, "--num_iterations=5", "--save_every=-1", env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "gradient accumulation steps: 4" in out.stdout
+    steps = re.findall(r"^step (\d+)/(\d+) .*\| lrm: ([0-9.\-]+) \|", out.stdout, re.M)
+    assert [int(s) for s, _, _ in steps] == [0, 1, 2, 3, 4] and {t for _, t, _ in steps} == {"00005"}
+    assert all(0.0 <= float(lrm) <= 1.0 for _, _, lrm in steps)
+    assert (base_dir / "mid_checkpoints" / "demo" / "meta_000005.json").exists()
+
+
+def test_sft_fully_masked_first_micro_batch_has_no_nan(base_dir, monkeypatch, capsys):
+    make_base_checkpoint(base_dir)
+    from nanochat.scripts import chat_sft
+    masked = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    normal = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]}
+    monkeypatch.setattr(chat_sft, "sft_mixture", lambda split, demo: [masked, normal, masked, normal])
+    rc = chat_sft.main(["--model_tag=demo", "--source=base", "--device_batch_size=1", "--target_examples_per_step=2",
+                        "--max_seq_len=32", "--num_iterations=2", "--save_every=-1", "--eval_every=-1",
+                        "--device_type=cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    losses = re.findall(r"Training loss: ([^|]+)\|", out)
+    assert len(losses) == 2 and all(float(v) == float(v) and float(v) > 0 for v in losses), out
+
+
+def test_sft_masked_loss_normalises_per_step():
+    from nanochat.scripts.chat_sft import masked_sum_loss
+
+    class Loader:
+        step_valid_targets = 5
+    calls = []
+    fn = masked_sum_loss(lambda x, y, loss_reduction: calls.append(loss_reduction) or torch.tensor(10.0),
+                         lambda: Loader, accum=2, world_size=1)
+    assert fn(None, None).item() == pytest.approx(10.0 * 2 / 5) and calls == ["sum"]
+
+
+def test_sft_device_batch_must_divide(base_dir):
+    out = run_stage(*SFT, "--device_batch_size=3")
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "valid device batch sizes: 1, 2, 4" in last
+
+
+def test_offline_real_data_is_one_line_exit_2(base_dir):
+    make_base_checkpoint(base_dir)
+    env = {"NANOCHAT_HF_ENDPOINT": "http://127.0.0.1:9"}
+    out = run_stage("nanochat.scripts.mid_train", "--model_tag=demo", "--device_type=cpu", env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot download") and "--demo" in last
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _run_until_checkpoint(args, step, env):
+    """Start a stage and SIGKILL it right after checkpoint `step` is committed."""
+    full_env = dict(os.environ, **env)
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=full_env)
+    for line in proc.stdout:
+        if line.startswith(f"Checkpoint saved: step {step:06d}"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["mid", "sft"])
+def test_exact_resume_after_sigkill_and_oom(stage, base_dir, tmp_path, monkeypatch):
+    args = (MID if stage == "mid" else SFT) + ["--num_iterations=6", "--save_every=2"]
+    ckpt = {"mid": "mid_checkpoints", "sft": "chatsft_checkpoints"}[stage]
+    # the reference: one uninterrupted run in another base dir with the same base model
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    make_base_checkpoint(ref_dir)
+    ref = run_stage(*args, env={**ENV, "NANOCHAT_BASE_DIR": str(ref_dir)})
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    # the interrupted run: SIGKILL after step 2, then an OOM at B=2 from step 4, then resume at B=1
+    make_base_checkpoint(base_dir)
+    _run_until_checkpoint(args, 2, ENV)
+    oom = run_stage(*args, "--resume_from_step=latest",
+                    env={**ENV, "NANOCHAT_FAULT_OOM_ABOVE_BS": "1", "NANOCHAT_FAULT_OOM_FROM_STEP": "4"})
+    assert oom.returncode == 3, oom.stdout[-2000:] + oom.stderr[-2000:]
+    assert "Resuming optimization from step 2" in oom.stdout and "OOM: CUDA out of memory" in oom.stdout
+    done = run_stage(*args, "--resume_from_step=latest", "--device_batch_size=1", env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Resuming optimization from step 4" in done.stdout
+    a = _weights(ref_dir / ckpt / "demo" / "model_000006.pt")
+    b = _weights(base_dir / ckpt / "demo" / "model_000006.pt")
+    for name in a:
+        diff = (a[name].float() - b[name].float()).norm() / (a[name].float().norm() + 1e-12)
+        assert diff < 1e-3, (name, diff.item())

@@ -1,0 +1,223 @@
+"""Task loaders on fixture parquet files in the real Hub schemas (served from 127.0.0.1), and the demo tasks."""
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nanochat.common import UsageError
+from nanochat.engine import use_calculator
+from nanochat.tasks.arc import ARC
+from nanochat.tasks.common import TaskMixture, extract_final_answer
+from nanochat.tasks.demo import DemoArithmetic, DemoFirstLetter, demo_eval_tasks, demo_mixture
+from nanochat.tasks.gsm8k import GSM8K, answer_to_parts
+from nanochat.tasks.humaneval import HumanEval
+from nanochat.tasks.hub import DatasetUnavailable
+from nanochat.tasks.identity import IdentityConversations
+from nanochat.tasks.mmlu import MMLU
+from nanochat.tasks.smoltalk import SmolTalk
+from nanochat.tasks.spelling import SimpleSpelling, SpellingBee
+
+FIXTURE_ROWS = {
+    ("cais/mmlu", "all", "test"): [
+        {"question": "2+2?", "subject": "math", "choices": ["3", "4", "5", "6"], "answer": 1}],
+    ("cais/mmlu", "auxiliary_train", "train"): [
+        {"train": {"question": "Sky colour?", "subject": "", "choices": ["red", "blue", "green", "black"],
+                   "answer": 1}}],
+    ("allenai/ai2_arc", "ARC-Easy", "test"): [
+        {"id": "q1", "question": "Which is a mammal?", "answerKey": "C",
+         "choices": {"text": ["trout", "eagle", "whale"], "label": ["A", "B", "C"]}}],
+    ("openai/gsm8k", "main", "test"): [
+        {"question": "Tom has 3 bags of 4 apples and eats 2. How many are left?",
+         "answer": "He has 3*4=<<3*4=12>>12 apples. 12-2=<<12-2=10>>10 are left.\n#### 10"}],
+    ("openai/openai_humaneval", "openai_humaneval", "test"): [
+        {"task_id": "HumanEval/0", "prompt": "import math\n\ndef add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n",
+         "canonical_solution": "    return a + b\n", "entry_point": "add",
+         "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}],
+    ("HuggingFaceTB/smol-smoltalk", "default", "train"): [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello!"}], "source": "x"}],
+}
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    root: Path = None
+    requests = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        HubHandler.requests.append(self.path)
+        host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path.startswith("/api/datasets/"):
+            rel = self.path[len("/api/datasets/"):].replace("/parquet/", "/")
+            d = self.root / rel
+            if not d.is_dir():
+                return self.send_error(404)
+            body = json.dumps([f"{host}/files/{rel}/{p.name}" for p in sorted(d.glob("*.parquet"))]).encode()
+        elif self.path.startswith("/files/"):
+            f = self.root / self.path[len("/files/"):]
+            if not f.is_file():
+                return self.send_error(404)
+            body = f.read_bytes()
+        else:
+            return self.send_error(404)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def hub(tmp_path, base_dir, monkeypatch):
+    root = tmp_path / "hub"
+    for (repo, config, split), rows in FIXTURE_ROWS.items():
+        d = root / repo / config / split
+        d.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), d / "0.parquet")
+    HubHandler.root, HubHandler.requests = root, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("NANOCHAT_HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    yield server
+    server.shutdown()
+
+
+def test_loaders_in_real_schemas(hub):
+    mmlu = MMLU("all", "test")[0]
+    assert mmlu["letters"] == ["A", "B", "C", "D"] and mmlu["messages"][1]["content"] == "B"
+    assert "- 4=B" in mmlu["messages"][0]["content"]
+    assert MMLU("auxiliary_train", "train")[0]["messages"][1]["content"] == "B"
+    arc = ARC("ARC-Easy", "test")[0]
+    assert arc["letters"] == ["A", "B", "C"] and arc["messages"][1]["content"] == "C"
+    assert ARC("ARC-Easy", "test").evaluate(arc, " C ")
+    gsm = GSM8K("main", "test")
+    ex = gsm[0]
+    parts = ex["messages"][1]["content"]
+    assert [p["type"] for p in parts] == ["text", "python", "python_output", "text", "python", "python_output",
+                                          "text"]
+    assert parts[1]["text"] == "3*4" and parts[2]["text"] == "12"
+    assert gsm.evaluate(ex, "so 10 are left\n#### 10") and not gsm.evaluate(ex, "#### 11")
+    talk = SmolTalk("train")[0]
+    assert [m["role"] for m in talk["messages"]] == ["system", "user", "assistant"]
+
+
+def test_downloads_are_cached(hub):
+    MMLU("all", "test")
+    hub.shutdown()
+    assert len(MMLU("all", "test")) == 1  # served from $BASE/hf_cache without the network
+
+
+def test_humaneval_runs_tests_in_sandbox(hub):
+    task = HumanEval()
+    task.timeout_s = 1.0
+    ex = task[0]
+    assert task.evaluate(ex, "```python\nimport math\ndef add(a, b):\n    return a + b\n```")
+    assert not task.evaluate(ex, "def add(a, b):\n    return a - b\n")
+    assert not task.evaluate(ex, "def add(a, b):\n    while True: pass\n")
+
+
+def test_offline_is_one_clear_error(base_dir, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(DatasetUnavailable) as info:
+        GSM8K("main", "train")
+    message = str(info.value)
+    assert isinstance(info.value, UsageError) and "\n" not in message
+    assert message.startswith("cannot download openai/gsm8k") and "--demo" in message
+
+
+def test_gsm8k_calculator_spans_match_the_tool():
+    parts = answer_to_parts("a <<48/2=24>>24 b <<24+3=27>>27\n#### 27")
+    calls = [(p["text"], q["text"]) for p, q in zip(parts, parts[1:]) if p["type"] == "python"]
+    assert calls == [("48/2", "24"), ("24+3", "27")]
+    assert all(use_calculator(expr) == out for expr, out in calls)
+
+
+WORDS = ["apple", "banana", "cherry", "strawberry", "letter", "python", "window", "garden", "river", "summer",
+         "winter", "planet", "rocket", "kitten", "mirror", "pencil", "rabbit", "tomato", "wizard", "copper",
+         "dragon", "engine", "falcon", "island", "jungle", "kettle", "marble", "parrot", "silver", "yellow"]
+
+
+def test_demo_tasks_are_self_consistent():
+    for task in (SpellingBee(size=40, words=WORDS), DemoArithmetic(size=40)):
+        for ex in task:
+            parts = ex["messages"][1]["content"]
+            for p, q in zip(parts, parts[1:]):
+                if p["type"] == "python":
+                    assert q["type"] == "python_output" and use_calculator(p["text"]) == q["text"]
+            text = "".join(p["text"] for p in parts)
+            assert task.evaluate(ex, text)
+            assert not task.evaluate(ex, "#### 99999")
+    spelling = SimpleSpelling(size=5, words=WORDS)
+    ex = spelling[0]
+    word = ex["messages"][1]["content"].split(":")[0]
+    assert ex["messages"][1]["content"] == word + ":" + ",".join(word) and spelling.evaluate(ex, ex["messages"][1]["content"])
+    mc = DemoFirstLetter(WORDS, size=10)
+    for ex in mc:
+        assert ex["messages"][1]["content"] in ex["letters"]
+    # held-out words never appear in training examples
+    train_words = {SimpleSpelling(size=300, words=WORDS)[i]["messages"][1]["content"].split(":")[0]
+                   for i in range(300)}
+    test_words = {SimpleSpelling(size=100, split="test", words=WORDS)[i]["messages"][1]["content"].split(":")[0]
+                  for i in range(100)}
+    assert train_words.isdisjoint(test_words)
+    assert extract_final_answer("so\n#### 1,234.50") == "1234.5"
+
+
+def test_demo_mixture_and_identity(base_dir):
+    identity = IdentityConversations()
+    assert len(identity) >= 20
+    for conv in identity:
+        roles = [m["role"] for m in conv["messages"]]
+        assert roles[0] == "user" and roles[1] == "assistant"
+    mix = demo_mixture("train", size=200, words=WORDS)
+    assert len(mix) >= 150 and isinstance(mix, TaskMixture)
+    assert {t for t in demo_eval_tasks(words=WORDS, size=5)} == {"SpellingBee", "SimpleSpelling", "DemoArithmetic",
+                                                                 "DemoFirstLetter"}
+
+
+class CountingTokenizer:
+    """Renders conversation i as [1000+i] followed by i+1 tokens; assistant tokens are the odd positions."""
+    def render_conversation(self, conv, max_tokens=2048):
+        i = conv["i"]
+        ids = [1000 + i] + list(range(1, i + 2))
+        return ids[:max_tokens], [k % 2 for k in range(len(ids))][:max_tokens]
+
+    def encode_special(self, name):
+        return 0
+
+
+def test_packed_loader_is_contiguous_and_resumes_at_any_batch():
+    from nanochat.tasks.batching import PackedConversationLoader
+    data = [{"i": i} for i in range(7)]
+    tok = CountingTokenizer()
+    big = PackedConversationLoader(tok, data, 4, 8, "cpu")
+    x4, y4 = big.next_batch()
+    small = PackedConversationLoader(tok, data, 2, 8, "cpu")
+    xa, _ = small.next_batch()
+    resumed = PackedConversationLoader(tok, data, 2, 8, "cpu", state=small.state_dict())
+    xb, yb = resumed.next_batch()
+    assert torch.equal(torch.cat([xa, xb]), x4) and torch.equal(yb, y4[2:])
+    assert torch.equal(x4.view(-1)[1:], y4.view(-1)[:-1])  # targets are the next tokens
+
+
+def test_sft_loader_masks_pads_and_counts_step_targets():
+    from nanochat.tasks.batching import SFTLoader, check_sft_batch
+    data = [{"i": i} for i in range(6)]
+    loader = SFTLoader(CountingTokenizer(), data, 2, 2, "cpu", max_seq_len=64)
+    x, y = loader.next_batch()
+    assert x.shape == (2, 2) and y.tolist() == [[1, -1], [1, -1]]  # conv 0: 2 tokens (one target); conv 1: 3 tokens
+    # the step's two micro-batches hold 2 + 4 assistant targets (conversations 2 and 3 have two each)
+    assert loader.step_valid_targets == 6 and loader.state_dict() == {"example": 2}
+    x2, y2 = loader.next_batch()
+    assert x2[0].tolist() == [1002, 1, 2, 0] and y2[0].tolist() == [1, -1, 3, -1]  # padded with the pad id
+    resumed = SFTLoader(CountingTokenizer(), data, 1, 4, "cpu", max_seq_len=64, state={"example": 2})
+    assert resumed.next_batch()[0][0].tolist() == [1002, 1, 2]
+    assert check_sft_batch(32, 4) == 8
+    with pytest.raises(UsageError):
+        check_sft_batch(32, 3)
