@@ -4,6 +4,7 @@
     torchrun --standalone --nproc_per_node=8 -m nanochat.scripts.base_train
 """
 import json
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -219,7 +220,18 @@ def main(argv=None):
             evaluators=[make_val_bpb_evaluator(args, tokenizer, token_bytes, lanes),
                         make_core_evaluator(args, tokenizer), make_sample_evaluator(args, tokenizer)],
         )
-        return trainer.run()
+        rc = trainer.run()
+        if rc == 0:
+            from nanochat.report import get_report
+            st = trainer.state
+            get_report().log("Base model training", [user_config, {
+                "Number of parameters": num_params, "FLOPs per token": f"{flops_per_token:e}",
+                "Number of iterations": num_iterations,
+                "Training tokens": num_iterations * args.total_batch_size,
+                "Minimum validation bpb": st.min_val_bpb if math.isfinite(st.min_val_bpb) else None,
+                "Training time (min)": st.total_training_time / 60,
+                "Peak memory (MiB)": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0}])
+        return rc
     except Exception as exc:  # OOM before the loop (e.g. moving the model to the GPU): nothing to save yet
         if not is_oom_error(exc):
             raise
