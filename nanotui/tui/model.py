@@ -78,6 +78,8 @@ class StageHistory:
     markers: dict = field(default_factory=dict)  # (step, kind) -> None, insertion ordered
     total: int | None = None
     last_step: int | None = None
+    device_bs: int | None = None  # the batch size of the latest attempt, for batch-change markers
+    restart_step: int | None = None  # where the latest attempt resumed
 
     def add_step(self, step: int, loss: float) -> None:
         if self.last_step is not None and step <= self.last_step:
@@ -96,7 +98,9 @@ class StageHistory:
         """One marker per (step, kind); an OOM seen both in the log and in events.jsonl counts once."""
         if kind == "oom" and step is not None and any(k == "oom" and abs(s - step) <= 2 for s, k in self.markers):
             return
-        if step is not None and (step, kind) not in self.markers:
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            return  # a marker needs a numeric step ("latest" and the like are resolved by the caller)
+        if (step, kind) not in self.markers:
             if len(self.markers) > 2000:
                 self.markers.pop(next(iter(self.markers)))
             self.markers[(step, kind)] = None
@@ -289,9 +293,15 @@ class RunView:
             elif kind == "oom":
                 h.mark(ev.get("step"), "oom")
             elif kind == "resumed":
-                h.mark(ev.get("step") or 0, "restart")
-                if ev.get("device_bs") is not None:
-                    h.mark(ev.get("step") or 0, "batch")
+                step = ev.get("step")
+                if not isinstance(step, int):  # "latest": the newest checkpoint marker of this stage
+                    step = max((s for s, k in h.markers if k == "checkpoint"), default=0)
+                h.mark(step, "restart")
+                h.restart_step = step
+            elif kind == "stage_started" and isinstance(ev.get("device_bs"), int):
+                if h.device_bs is not None and ev["device_bs"] != h.device_bs:
+                    h.mark(h.restart_step if h.restart_step is not None else h.last_step, "batch")
+                h.device_bs = ev["device_bs"]
             elif kind == "retry":
                 h.mark(ev.get("step") or h.last_step, "restart")
 

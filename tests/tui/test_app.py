@@ -353,3 +353,26 @@ async def test_no_color_is_respected(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     app, _, _ = make_app(tmp_path)
     assert app.no_color
+
+
+async def test_supervisor_shaped_resume_events_do_not_break_the_chart(tmp_path):
+    """The real supervisor records `resumed` with step "latest" (and fallbacks with from_bs/to_bs): the chart
+    resolves them to the newest checkpoint instead of crashing on a str step."""
+    import json
+    import time as _time
+
+    app, _, run_dir = make_app(tmp_path)
+    with open(run_dir / "events.jsonl", "a") as f:
+        for ev in ({"type": "fallback", "stage": "base_train", "from_bs": 4, "to_bs": 2, "resume": "latest"},
+                   {"type": "resumed", "stage": "base_train", "step": "latest", "device_bs": 2},
+                   {"type": "stage_started", "stage": "base_train", "attempt": 3, "device_bs": 2}):
+            f.write(json.dumps({"t": _time.time(), **ev}) + "\n")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_history(pilot, app)
+        await pilot.pause(0.2)
+        markers = app.snapshot.chart.markers
+        assert all(isinstance(s, (int, float)) for s, _ in markers)
+        ckpts = [s for s, k in markers if k == "checkpoint"]
+        assert (max(ckpts), "restart") in markers and (max(ckpts), "batch") in markers
+        chart = str(app.screen.query_one(LossChart).render())
+        assert "step" in chart
