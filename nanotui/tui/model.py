@@ -183,6 +183,23 @@ class RunSnapshot:
     now: float = 0.0
 
 
+def _step_of(value) -> int | None:
+    """A step/batch number from a JSON field that may be an int, a numeric string, "latest", None or missing."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def file_signature(path: Path) -> tuple[int, int, int, int] | None:
     """(inode, size, mtime_ns, ctime_ns) or None when missing: equal signatures mean no need to read it again."""
     try:
@@ -270,6 +287,8 @@ class RunView:
                 h.mark(ev.step, "checkpoint")
             elif kind == "Oom":
                 h.mark(ev.step if ev.step is not None else h.last_step, "oom")
+            elif kind == "ResumedFrom":  # `Resuming optimization from step N`: where this attempt continues
+                h.mark(ev.step, "restart")
         if last_step_ev is not None:
             ev = last_step_ev
             m = replace(m, step=ev.step, total=ev.total or h.total, loss=ev.loss, tok_per_sec=ev.tok_per_sec,
@@ -289,21 +308,25 @@ class RunView:
                 continue
             h = self._hist(stage)
             if kind == "checkpoint":
-                h.mark(ev.get("step"), "checkpoint")
+                h.mark(_step_of(ev.get("step")), "checkpoint")
             elif kind == "oom":
-                h.mark(ev.get("step"), "oom")
-            elif kind == "resumed":
-                step = ev.get("step")
-                if not isinstance(step, int):  # "latest": the newest checkpoint marker of this stage
+                h.mark(_step_of(ev.get("step")), "oom")
+            elif kind in ("resumed", "fallback", "retry"):
+                # supervisor shapes: resumed {step: int | "latest"}; fallback/retry {resume: int | "latest",
+                # ckpt_step: int | None}. "latest" means the newest checkpoint of the stage.
+                step = _step_of(ev.get("step") if kind == "resumed" else ev.get("resume"))
+                if step is None:
+                    step = _step_of(ev.get("ckpt_step"))
+                if step is None:
                     step = max((s for s, k in h.markers if k == "checkpoint"), default=0)
                 h.mark(step, "restart")
                 h.restart_step = step
-            elif kind == "stage_started" and isinstance(ev.get("device_bs"), int):
-                if h.device_bs is not None and ev["device_bs"] != h.device_bs:
-                    h.mark(h.restart_step if h.restart_step is not None else h.last_step, "batch")
-                h.device_bs = ev["device_bs"]
-            elif kind == "retry":
-                h.mark(ev.get("step") or h.last_step, "restart")
+            elif kind == "stage_started":
+                bs = _step_of(ev.get("device_bs"))
+                if bs is not None:
+                    if h.device_bs is not None and bs != h.device_bs:
+                        h.mark(h.restart_step if h.restart_step is not None else h.last_step, "batch")
+                    h.device_bs = bs
 
     def _read_gpu(self, n: int) -> None:
         if not self._changed(self.rd.gpu_path):
@@ -445,11 +468,14 @@ class RunView:
         rows = []
         for i, s in enumerate(st.get("stages") or [{"name": p.get("name"), "state": "pending"} for p in plan_stages]):
             name = s.get("name")
-            started, ended = s.get("started"), s.get("ended")
+            started, ended = _number(s.get("started")), _number(s.get("ended"))
             elapsed = (ended or now) - started if started else None
             eta = self.estimator.stage_eta(name, now)
-            rows.append(StageRow(name=name, state=s.get("state") or "pending", elapsed_s=elapsed, eta_s=eta,
-                                 attempts=s.get("attempts") or 0, device_bs=s.get("device_bs"),
+            state = s.get("state") or "pending"
+            if state == "running" and st.get("phase") == "waiting" and name == stage:
+                state = "waiting"  # the supervisor keeps the row "running" while an OOM decision is pending
+            rows.append(StageRow(name=name, state=state, elapsed_s=elapsed, eta_s=eta,
+                                 attempts=_step_of(s.get("attempts")) or 0, device_bs=_step_of(s.get("device_bs")),
                                  trains=trains.get(name, False)))
         stage_eta = next((r.eta_s for r in rows if r.name == stage), None)
         pipeline_eta, pipeline_eta_complete = self.estimator.pipeline_eta(now) \

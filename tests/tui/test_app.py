@@ -35,11 +35,13 @@ async def test_dashboard_shows_run_state_metrics_and_whole_run_chart(tmp_path):
         snap = app.snapshot
         assert (snap.phase, snap.stage, snap.attempt, snap.device_bs, snap.seq_len) == ("running", "base_train", 2, 4, 256)
         assert snap.metrics.step == 130 and snap.metrics.total == 200
-        # whole run: attempt 1 steps 0..61 plus attempt 2 from 50; restart replaced 50..61
+        # whole run: attempt 1 steps 0..61, OOM in step 62 (the trainer reports it as "step 63"), emergency
+        # checkpoint 62, attempt 2 resumes from 62 at batch 4: no step lost or repeated
         xs = [x for x, _, _ in snap.chart.line]
         assert xs[0] == 0 and xs[-1] == 130 and len(xs) == 131
         kinds = {k for _, k in snap.chart.markers}
-        assert [s for s, k in snap.chart.markers if k == "oom"] == [62]
+        assert [s for s, k in snap.chart.markers if k == "oom"] == [63]
+        assert (62, "restart") in snap.chart.markers and (62, "batch") in snap.chart.markers
         assert {"checkpoint", "oom", "restart", "batch"} <= kinds
         assert [s for s, _ in snap.chart.points] == [0, 50, 100]
         text = screen_text(app)
@@ -56,7 +58,7 @@ async def test_no_gpu_shows_reason_and_host_memory(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_history(pilot, app)
         vram = str(app.screen.query_one("#vram").render())
-        assert "no GPU" in vram and "NVML" in vram and "host RAM" in vram
+        assert "no GPU" in vram and "NVIDIA driver" in vram and "host RAM" in vram
         assert app.snapshot.phase == "done"
         assert app.snapshot.training_stages == ("base_train", "mid_train", "chat_sft")
 
@@ -107,7 +109,8 @@ async def test_oom_dialog_appears_and_buttons_send_commands(tmp_path):
         await wait_history(pilot, app)
         assert isinstance(app.screen, OomScreen)
         text = screen_text(app)
-        assert "base_train" in text and "91" in text and "DEVICE_BS=8" in text and "step 75" in text
+        # the trainer reports the OOM in step 92 and leaves an emergency checkpoint of the 91 finished steps
+        assert "base_train" in text and "step 92" in text and "DEVICE_BS=8" in text and "step 91" in text
         assert "automatic choice in" in text and "batch 4" in text
         ids = [b.id for b in app.screen.query("Button")]
         assert ids == ["fallback-4", "fallback-2", "fallback-1", "retry", "stop"]
@@ -158,9 +161,11 @@ async def test_checkpoints_resume_selected_and_copy_path(tmp_path):
         await pilot.press("c")
         assert isinstance(app.screen, CheckpointsScreen)
         rows = app.screen.rows
-        assert [r.step for r in rows] == [25, 50, 75, 100, 125]
+        # retention (keep_last=3 + best val bpb) left 75, 100, 125; the emergency step 62 is gone
+        assert [r.step for r in rows] == [75, 100, 125]
         assert all(r.status == "valid" for r in rows)
-        assert rows[1].val_bpb == pytest.approx(3.1 * 2.718281828 ** (-50 / 260) + 1.05, abs=1e-3)
+        assert rows[1].val_bpb == pytest.approx(3.1 * 2.718281828 ** (-100 / 260) + 1.05, abs=1e-3)
+        assert rows[0].val_bpb is None  # evaluated only every 50 steps
         await pilot.press("up", "up")  # cursor starts on the newest (125) -> 75
         await pilot.press("y")
         assert app.copied == str(base / "base_checkpoints" / "demo" / "model_000075.pt")
