@@ -18,11 +18,15 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$NANOCHAT_BASE_DIR"
 
 NPROC_PER_NODE=${NPROC_PER_NODE:-1}
-if [ "$NPROC_PER_NODE" -gt 1 ]; then
-    LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC_PER_NODE" -m)
-else
-    LAUNCH=("$PY" -m)
-fi
+# launch MODULE FLAGS...: one process, or torchrun with `--` so that torchrun does not read the script's flags
+launch() {
+    local module=$1; shift
+    if [ "$NPROC_PER_NODE" -gt 1 ]; then
+        "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC_PER_NODE" -m "$module" -- "$@"
+    else
+        "$PY" -m "$module" "$@"
+    fi
+}
 stage() { echo "=== $* ==="; "$@"; }
 
 if [ "$PROFILE" = "cpu-demo" ]; then
@@ -64,14 +68,14 @@ DATASET_PID=$!
 stage "$PY" -m nanochat.scripts.tok_train --max_chars=2000000000
 stage "$PY" -m nanochat.scripts.tok_eval
 echo "waiting for the dataset download (pid $DATASET_PID)"; wait "$DATASET_PID"
-stage "${LAUNCH[@]}" nanochat.scripts.base_train --depth=20 --device_batch_size="$DEVICE_BS" --max_seq_len="$SEQ_LEN" \
+stage launch nanochat.scripts.base_train --depth=20 --device_batch_size="$DEVICE_BS" --max_seq_len="$SEQ_LEN" \
     --run="$WANDB_RUN"
-stage "${LAUNCH[@]}" nanochat.scripts.base_eval
-stage "${LAUNCH[@]}" nanochat.scripts.mid_train --device_batch_size="$DEVICE_BS" --max_seq_len="$SEQ_LEN" \
+stage launch nanochat.scripts.base_eval
+stage launch nanochat.scripts.mid_train --device_batch_size="$DEVICE_BS" --max_seq_len="$SEQ_LEN" \
     --run="$WANDB_RUN"
-stage "${LAUNCH[@]}" nanochat.scripts.chat_eval -i mid
-stage "${LAUNCH[@]}" nanochat.scripts.chat_sft --device_batch_size="$SFT_BS" --run="$WANDB_RUN"
-stage "${LAUNCH[@]}" nanochat.scripts.chat_eval -i sft
+stage launch nanochat.scripts.chat_eval -i mid
+stage launch nanochat.scripts.chat_sft --device_batch_size="$SFT_BS" --run="$WANDB_RUN"
+stage launch nanochat.scripts.chat_eval -i sft
 stage "$PY" -m nanochat.report generate
 cp "$NANOCHAT_BASE_DIR/report/report.md" report.md
 echo "Chat with it: $PY -m nanochat.scripts.chat_cli   (or -p 'Why is the sky blue?')"

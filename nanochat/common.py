@@ -41,6 +41,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # `torchrun ... -m module -- --flags` (as upstream's speedrun and nanotui's plans launch) passes the `--`
+        args = list(sys.argv[1:] if args is None else args)
+        if args and args[0] == "--":
+            args = args[1:]
+        return super().parse_known_args(args, namespace)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Devices and distributed setup.

@@ -166,3 +166,14 @@ def test_run_main_routes_argparse_errors_and_passes_exit_codes():
 def test_module_docstring_and_usage_error_type():
     assert common.__doc__ and "\n" not in common.__doc__.strip()
     assert issubclass(UsageError, Exception)
+
+
+def test_argument_parser_accepts_torchruns_separator():
+    """`torchrun ... -m module -- --flags` hands the script a leading `--`; every stage parser must accept it."""
+    p = common.ArgumentParser(prog="x")
+    p.add_argument("-i", dest="source")
+    p.add_argument("--model_tag")
+    ns = p.parse_args(["--", "-i", "mid", "--model_tag=demo"])
+    assert (ns.source, ns.model_tag) == ("mid", "demo")
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        p.parse_args(["--", "--bogus"])
