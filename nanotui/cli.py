@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nanotui.runtime.rundir import RunDir, RunNotFound, default_base_dir, list_runs, resolve_run
 
-NOTIFY_KINDS = ("oom", "fallback", "stage_done", "crashed", "done", "failed")
+from nanotui.core.notify import NOTICE_KINDS as NOTIFY_KINDS  # the same kinds the dashboard announces
 
 
 class UsageError(Exception):
@@ -141,10 +141,12 @@ def _status_line(s: dict) -> str:
 
 
 def notify_terminal(message: str, stream=None) -> None:
-    """Terminal bell plus an OSC 9 desktop notification (iTerm2, WezTerm, kitty, Windows Terminal...)."""
+    """Terminal bell plus an OSC 9 desktop notification (off with NANOTUI_NO_NOTIFY=1)."""
+    from nanotui.core.notify import notifications_enabled, terminal_notification
+    if not notifications_enabled(os.environ):
+        return
     stream = stream or sys.stdout
-    clean = message.replace("\x07", " ").replace("\x1b", " ")[:200]
-    stream.write(f"\a\x1b]9;nanotui: {clean}\x07")
+    stream.write(terminal_notification(message))
     stream.flush()
 
 

@@ -24,9 +24,9 @@ _STEP_FAST_RE = re.compile(
     r"(?: \| eta: ([\d.]+)m)?$")
 _STEP_HEAD_RE = re.compile(r"step (\d+)(?:/(\d+))?(?: \(([-\d.]+)%\))?\s*$")
 _STEP_CAP_RE = re.compile(r"Step (\d+)(?:/(\d+))? \| ?(.*)$")
-_METRIC_PAIR_RE = re.compile(r"([A-Za-z_][\w\-]*): ([-+\d.eE]+|nan|inf)")
+_METRIC_VALUE_RE = re.compile(r"[-+]?(?:[\d.]+(?:[eE][-+]?\d+)?|nan|inf)%?$")
 _CKPT_OURS_RE = re.compile(r"Checkpoint saved: step (\d+) -> (.+)$")
-_CKPT_UPSTREAM_RE = re.compile(r"Saved model parameters to: (.*?model_(\d+)\.pt)\s*$")
+_CKPT_UPSTREAM_RE = re.compile(r"Saved model parameters to: `?(.*?model_(\d+)\.pt)`?\s*$")
 _OOM_BS_RE = re.compile(r"device_batch_size=(\d+)")
 _OOM_STEP_RE = re.compile(r"\bstep (\d+)")
 _OOM_EMERGENCY_RE = re.compile(r"emergency checkpoint: (?:step )?(\d+)")
@@ -46,6 +46,11 @@ _MODEL_LINE_RE = re.compile(r"(num_layers|model_dim|num_heads|num_kv_heads): (\d
 _RESUMED_RE = re.compile(r"Resuming optimization from step (\d+)")
 _STOPPED_RE = re.compile(r"Stopped on request \(([^)]*)\) at step (\d+)(?:; checkpoint: step (\d+))?")
 _SPLIT_BPB_RE = re.compile(r"(train|val) bpb: ([\d.]+)\s*$")
+# base_eval echoes its CSV: `{label:<35}, {acc:<10.6f}, {centered:<10.6f}` and `CORE<pad>, <10 blanks>, {core:<10.6f}`
+_CORE_CSV_ROW_RE = re.compile(r"([^\s,][^,]*?)\s*, ([-\d.]+)\s*, ([-\d.]+)\s*$")
+_CORE_CSV_TOTAL_RE = re.compile(r"CORE\s*,\s*, ([-\d.]+)\s*$")
+# upstream 2026 chat_sft in-training ChatCORE tasks: `  ARC-Easy: 45.67%`
+_INDENTED_TASK_PCT_RE = re.compile(r"\s+([A-Za-z][\w\-]*): ([\d.]+)%$")
 
 _KINDS = ("base", "mid", "sft")
 
@@ -84,10 +89,12 @@ def _int(text: str) -> Optional[int]:
         return None
 
 
-def _step_kind(hint: Optional[str], total: Optional[str]) -> str:
+def _step_kind(hint: Optional[str], total: Optional[str], epoch: Optional[str] = None) -> str:
+    """Without a hint: `/total` -> base; no total but an `epoch` field -> sft (upstream 2026 chat_sft, which
+    replaced mid_train); neither -> mid (upstream 2025 mid_train)."""
     if hint in _KINDS:
         return hint
-    return "base" if total else "mid"
+    return "base" if total else ("sft" if epoch else "mid")
 
 
 def _parse_step(s: str, kind: Optional[str], total_batch: Optional[int] = None) -> Optional[Step]:
@@ -108,7 +115,7 @@ def _parse_step(s: str, kind: Optional[str], total_batch: Optional[int] = None) 
             dt_ms = float(dt)
             printed = float(tps.replace(",", ""))
             tok = total_batch * 1000.0 / dt_ms if (total_batch and dt_ms > 0.0) else printed
-            return new_step(kind if kind in _KINDS else ("base" if total else "mid"), int(step),
+            return new_step(kind if kind in _KINDS else ("base" if total else ("sft" if epoch else "mid")), int(step),
                             int(total) if total else None, loss_v, lrm_v, dt_ms, tok, mfu_v, float(ttime),
                             float(eta) if eta else None, int(epoch) if epoch else None, bf16 is not None,
                             None, float(pct), printed)
@@ -137,7 +144,7 @@ def _parse_step_fields(s: str, kind: Optional[str], total_batch: Optional[int] =
     total = hm.group(2)
     dt_ms = _num(fields["dt"]) if "dt" in fields else None
     return Step(
-        kind=_step_kind(kind, total), step=int(hm.group(1)), total=int(total) if total else None,
+        kind=_step_kind(kind, total, epoch), step=int(hm.group(1)), total=int(total) if total else None,
         loss=loss, lrm=_num(fields["lrm"]) if "lrm" in fields else None,
         dt_ms=dt_ms, tok_per_sec=total_batch * 1000.0 / dt_ms if (total_batch and dt_ms) else tok,
         mfu=_num(fields["bf16_mfu" if bf16 else "mfu"]) if (bf16 or "mfu" in fields) else None,
@@ -178,8 +185,21 @@ def _parse_cap_step(s: str, kind: Optional[str]) -> Optional[Event]:
                     lrm=_num(fields["lrm"]) if "lrm" in fields else None,
                     num_tokens=_int(fields["num_tokens"]) if "num_tokens" in fields else None,
                     dt_ms=_num(fields["dt"]) if "dt" in fields else None)
-    values = {k: float(v) for k, v in _METRIC_PAIR_RE.findall(rest)}
+    values = _metric_pairs(rest)
     return StepMetrics(step, values) if values else None
+
+
+def _metric_pairs(rest: str) -> dict:
+    """`mmlu_acc: 0.31, arc_easy_acc: 0.43` / `Average reward: 0.31 | Average sequence length: 234.56` /
+    `Pass@1: 0.18, Pass@2: 0.25` -> {key: float}; a `%` value stays in percent; non-numeric pairs are skipped."""
+    values = {}
+    for part in rest.replace(",", "|").split("|"):
+        key, sep, value = part.rpartition(": ")
+        key = key.strip()
+        value = value.strip()
+        if sep and key and _METRIC_VALUE_RE.match(value):
+            values[key] = float(value.rstrip("%"))
+    return values
 
 
 def _parse_oom_line(s: str) -> Oom:
@@ -220,6 +240,9 @@ def _parse_other(s: str) -> Optional[Event]:
         if s.startswith("Calculated number of iterations"):
             m = _ITERS_RE.search(s)
             return Config("num_iterations", _int(m.group(1))) if m else None
+        if s.startswith("CORE ") or s.startswith("CORE,"):
+            m = _CORE_CSV_TOTAL_RE.match(s)
+            return CoreMetric(None, float(m.group(1))) if m else None
         if s.startswith("ChatCORE metric:"):
             v = _num(s[16:])
             return EvalResult("ChatCORE", v) if v is not None else None
@@ -305,9 +328,17 @@ def _parse_other(s: str) -> Optional[Event]:
         m = _CKPT_UPSTREAM_RE.search(s)
         if m:
             path = m.group(1)
-            return CheckpointSaved(int(m.group(2)), path.rsplit("/", 1)[0] if "/" in path else ".",
-                                   "upstream")
+            cut = max(path.rfind("/"), path.rfind("\\"))  # POSIX or Windows separator
+            return CheckpointSaved(int(m.group(2)), path[:cut] if cut > 0 else ".", "upstream")
         return None
+    if c == " " and s[-1] == "%":
+        m = _INDENTED_TASK_PCT_RE.match(s)
+        if m:
+            return EvalResult(m.group(1), float(m.group(2)) / 100.0)
+    if ", " in s and s[-1].isdigit():
+        m = _CORE_CSV_ROW_RE.match(s)
+        if m:
+            return EvalResult(m.group(1), float(m.group(2)), float(m.group(3)))
     if "OutOfMemoryError" in s or "CUDA out of memory" in s:
         return Oom(device_bs=None, step=None, emergency_step=None, source="traceback", text=s)
     if " accuracy: " in s:

@@ -5,6 +5,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
@@ -12,7 +13,8 @@ from textual.app import App, SystemCommand
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
-from nanotui.tui.messages import SnapshotUpdated
+from nanotui.tui import coreapi
+from nanotui.tui.messages import RunNotice, SnapshotUpdated
 from nanotui.tui.model import CheckpointRow, RunSnapshot, RunView, base_dir_of
 from nanotui.tui.screens.checkpoints import CheckpointsScreen
 from nanotui.tui.screens.dashboard import DashboardScreen
@@ -86,6 +88,8 @@ class NanotuiApp(App):
         self.painted_at: float | None = None
         self.history_at: float | None = None
         self.theme = theme or terminal_theme()
+        self.terminal_notify = coreapi.notifications_enabled(os.environ)
+        self.terminal_notices: deque[str] = deque(maxlen=32)  # the bell + OSC 9 sequences emitted, newest last
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -118,6 +122,7 @@ class NanotuiApp(App):
                 return
             view.chart_stage = self.chart_choice
             self.post_message(SnapshotUpdated(view.load_history()))
+            self._post_notices(view)
             while self.poll_interval and not worker.is_cancelled:
                 self._wake.wait(self.poll_interval)
                 self._wake.clear()
@@ -127,8 +132,26 @@ class NanotuiApp(App):
                 snap = view.poll()
                 if snap != self.snapshot:
                     self.post_message(SnapshotUpdated(snap))
+                self._post_notices(view)
         finally:
             view.close()
+
+    def _post_notices(self, view: RunView) -> None:
+        for notice in view.take_notices():
+            self.post_message(RunNotice(notice))
+
+    def on_run_notice(self, message: RunNotice) -> None:
+        """A toast in the app, plus a bell and an OSC 9 desktop notification through the driver."""
+        notice = message.notice
+        self.notify(notice.message, title=notice.kind.replace("_", " "), severity=notice.severity,
+                    timeout=10 if notice.severity == "error" else 6)
+        if not self.terminal_notify:
+            return
+        sequence = coreapi.terminal_notification(notice.message)
+        self.terminal_notices.append(sequence)
+        driver = self._driver
+        if driver is not None and not self.is_headless:  # as App.bell/copy_to_clipboard write raw sequences
+            driver.write(sequence)
 
     def on_snapshot_updated(self, message: SnapshotUpdated) -> None:
         snap = message.snapshot

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from nanotui.core.logparse import LogParser, clean_line  # noqa: F401  (clean_line re-exported)
+from nanotui.core.notify import (Notice, notice_for_event, notifications_enabled,  # noqa: F401  (re-exported)
+                                 terminal_notification)
 from nanotui.core.progress import PipelineProgress
 
 STAGE_KINDS = {"base_train": "base", "mid_train": "mid", "chat_sft": "sft"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from nanotui.tui.coreapi import Notice
 from nanotui.tui.model import RunSnapshot
 
 
@@ -20,3 +21,11 @@ class RunSelected(Message):
     def __init__(self, run_dir) -> None:
         super().__init__()
         self.run_dir = run_dir
+
+
+class RunNotice(Message):
+    """An important new event of the run (OOM, fallback, stage done, crash, ...) to announce (worker thread)."""
+
+    def __init__(self, notice: Notice) -> None:
+        super().__init__()
+        self.notice = notice

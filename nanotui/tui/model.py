@@ -241,6 +241,9 @@ class RunView:
         self.estimator = coreapi.Estimator([])
         self._signatures: dict[Path, object] = {}
         self._logs: list[Path] = []
+        # events at or below this offset of events.jsonl are history (read at attach): never announced
+        self._announced_upto: int | None = None
+        self._notices: list[coreapi.Notice] = []
 
     # ---- helpers -----------------------------------------------------------------------------
     def _changed(self, path: Path) -> bool:
@@ -303,6 +306,11 @@ class RunView:
             return
         for ev, off in self.rd.iter_events_with_offsets(self.event_offset):
             self.event_offset = off
+            if self._announced_upto is not None and off > self._announced_upto:
+                self._announced_upto = off
+                notice = coreapi.notice_for_event(ev)
+                if notice is not None:
+                    self._notices.append(notice)
             kind, stage = ev.get("type"), ev.get("stage")
             if not stage:
                 continue
@@ -374,6 +382,7 @@ class RunView:
         self.estimator = coreapi.Estimator(self.plan.get("stages", []))
         self._refresh_state()
         self._read_events()
+        self._announced_upto = self.event_offset  # what is there now is history; what comes later is news
         self._read_gpu(GPU_TREND)
         log = self._current_log()
         if log is not None:
@@ -435,6 +444,11 @@ class RunView:
             if lines:
                 self._feed(self._stage_of_log(self.tail_log), lines, self.parser, keep_tail=True)
         return self.snapshot()
+
+    def take_notices(self) -> list[coreapi.Notice]:
+        """Notices for events appended since attach() (oom, fallback, stage_done, ...), each returned once."""
+        notices, self._notices = self._notices, []
+        return notices
 
     def close(self) -> None:
         if self.tailer:

@@ -58,11 +58,12 @@ def test_commands_work_without_a_gpu(base_dir):
     assert spawn_supervisor(rd).wait(30) == 0
     st = json.loads(cli("status", "--json").stdout)
     assert {"run_id", "state", "stage", "step", "total", "device_bs"} <= set(st)
-    assert st["state"] == "done" and st["step"] == 6 and st["device_bs"] == 8
+    # step lines are 0-based as the real trainer's: the last one logged is step 5 of 6 (its checkpoint is step 6)
+    assert st["state"] == "done" and st["step"] == 5 and st["total"] == 6 and st["device_bs"] == 8
     r = cli("ls")
     assert r.returncode == 0 and rd.run_id in r.stdout
     r = cli("logs", rd.run_id)
-    assert r.returncode == 0 and "step 00006/00006" in r.stdout
+    assert r.returncode == 0 and "step 00005/00006" in r.stdout and "Checkpoint saved: step 000006" in r.stdout
     r = cli("ckpts", "--json")
     assert r.returncode == 0 and sorted(c["step"] for c in json.loads(r.stdout)) == [2, 4, 6]
     r = cli("attach", rd.run_id)  # not a TTY: plain status, returns since the run is over

@@ -64,9 +64,12 @@ def test_oom_fallback_grace_zero_keeps_every_step(base_dir, monkeypatch):
     logs = rd.list_logs()
     third = [e for e in evs if e["type"] == "stage_started" and e["attempt"] == 3][0]
     assert "--device_batch_size=2" in third["argv"] and "--resume_from_step=latest" in third["argv"]
-    assert "Resuming from step 6" in logs[2].read_text()
-    # no step lost or repeated: attempt 1 did 1..6, attempt 3 did 7..12
-    assert step_lines(logs[0]) + step_lines(logs[2]) == list(range(1, 13))
+    assert "Resuming optimization from step 6 (device batch size 2, gradient accumulation steps 4)" \
+        in logs[2].read_text()
+    assert "OOM: CUDA out of memory at device_batch_size=8, step 7; emergency checkpoint: step 000006" \
+        in logs[0].read_text()
+    # no step lost or repeated: attempt 1 ran steps 0..5, attempt 2 OOMed in step 6 at once, attempt 3 ran 6..11
+    assert step_lines(logs[0]) + step_lines(logs[1]) + step_lines(logs[2]) == list(range(0, 12))
     assert "Total batch size 64" in logs[2].read_text()  # total batch unchanged at B=2
     assert json.loads(RunDir.exit_path(logs[0]).read_text())["exit_code"] == 3
 
@@ -159,9 +162,14 @@ def test_second_supervisor_and_stop_resume_via_cli(base_dir):
     r = cli("resume", rd.run_id)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: rd.read_state()["phase"] == "done", timeout=60, what="done after resume")
-    log2 = rd.list_logs()[-1]
-    assert log2.name.endswith("-a2.log") and f"Resuming from step {stopped_at}" in log2.read_text()
-    assert step_lines(log2)[0] == stopped_at + 1
+    log1, log2 = rd.list_logs()[-2:]
+    assert f"Stopped on request (SIGTERM) at step {stopped_at}; checkpoint: step {stopped_at:06d}" \
+        in log1.read_text()
+    assert step_lines(log1)[-1] == stopped_at - 1  # steps 0..N-1 done: checkpoint N
+    assert log2.name.endswith("-a2.log")
+    assert f"Resuming optimization from step {stopped_at} (device batch size 8, gradient accumulation steps 1)" \
+        in log2.read_text()
+    assert step_lines(log2)[0] == stopped_at
     assert "resumed" in types_of(rd)
     wait_for(lambda: not rd.supervisor_alive(), what="supervisor exit")
     r = cli("resume", rd.run_id)

@@ -44,7 +44,8 @@ EXPECTED_TYPES = {
 
 
 def test_every_fixture_is_covered():
-    assert {p.name for p in LOGS.glob("*.log")} == set(EXPECTED_TYPES)
+    # the one-line-per-format fixtures (*-formats.log) are checked line by line in test_core_upstream_formats.py
+    assert {p.name for p in LOGS.glob("*.log") if not p.name.endswith("-formats.log")} == set(EXPECTED_TYPES)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TYPES))
