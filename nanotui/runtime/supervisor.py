@@ -477,6 +477,9 @@ class Supervisor:
             return stage_argv(stage, bs, resume), bs
         if end.exit_code == 0:
             rec["state"] = "done"
+            total = self.state.get("total")
+            if isinstance(total, int) and isinstance(self.state.get("step"), int):
+                self.state["step"] = total  # step lines count from 0: a finished stage has done `total` steps
             self.save_state()
             self.event("stage_done", notify="stage_done", message=f"{name} done", stage=name, index=idx,
                        step=self.state.get("step"))

@@ -58,8 +58,8 @@ def test_commands_work_without_a_gpu(base_dir):
     assert spawn_supervisor(rd).wait(30) == 0
     st = json.loads(cli("status", "--json").stdout)
     assert {"run_id", "state", "stage", "step", "total", "device_bs"} <= set(st)
-    # step lines are 0-based as the real trainer's: the last one logged is step 5 of 6 (its checkpoint is step 6)
-    assert st["state"] == "done" and st["step"] == 5 and st["total"] == 6 and st["device_bs"] == 8
+    # step lines are 0-based as the real trainer's (the last one logged is step 5 of 6); a finished stage has done 6
+    assert st["state"] == "done" and st["step"] == 6 and st["total"] == 6 and st["device_bs"] == 8
     r = cli("ls")
     assert r.returncode == 0 and rd.run_id in r.stdout
     r = cli("logs", rd.run_id)
