@@ -25,9 +25,12 @@ def run_speedrun(tmp_path, **env_over):
     (base / "report").mkdir(parents=True)
     (base / "report" / "report.md").write_text("# report\n")
     env = dict(os.environ, PYTHON=str(rec), NANOCHAT_BASE_DIR=str(base), HOME=str(tmp_path), **env_over)
-    out = subprocess.run(["bash", str(REPO / "speedrun.sh")], env=env, capture_output=True, text=True,
+    script = tmp_path / "speedrun.sh"  # a copy: the script cds to its own folder and leaves report.md there
+    script.write_text((REPO / "speedrun.sh").read_text())
+    out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    assert (tmp_path / "report.md").exists()
     return [line.split() for line in calls.read_text().splitlines()]
 
 
