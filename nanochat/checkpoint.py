@@ -37,11 +37,29 @@ def meta_name(step: int) -> str:
     return f"meta_{step:06d}.json"
 
 
+_TRAINING_SCRIPT = {"base_checkpoints": "base_train", "mid_checkpoints": "mid_train",
+                    "chatsft_checkpoints": "chat_sft", "chatrl_checkpoints": "chat_rl"}
+
+
+def _train_hint(stage_root: str) -> str:
+    """`train it first: python -m nanochat.scripts.<stage script>` for a stage's checkpoint root."""
+    script = _TRAINING_SCRIPT.get(os.path.basename(os.path.normpath(stage_root)))
+    return f"train it first: python -m nanochat.scripts.{script}" if script else "train that stage first"
+
+
+def check_model_tag(model_tag: str) -> str:
+    """A model tag names one directory under a stage's checkpoint root; UsageError for anything path-like."""
+    tag = str(model_tag)
+    if tag in ("", ".", "..") or "/" in tag or os.sep in tag or "\0" in tag:
+        raise UsageError(f"--model_tag must be a plain directory name such as d20, got {tag!r}")
+    return tag
+
+
 def checkpoint_dir(stage: str, model_tag: str) -> str:
     """`$BASE/{base,mid,chatsft}_checkpoints/<model_tag>` (not created here)."""
     if stage not in STAGE_DIRS:
         raise ValueError(f"unknown checkpoint stage {stage!r}; one of {sorted(STAGE_DIRS)}")
-    return os.path.join(get_base_dir(), STAGE_DIRS[stage], model_tag)
+    return os.path.join(get_base_dir(), STAGE_DIRS[stage], check_model_tag(model_tag))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,7 +372,7 @@ def find_largest_model(stage_root: str) -> str:
     except OSError:
         tags = []
     if not tags:
-        raise UsageError(f"no checkpoints in {stage_root}; train that stage first")
+        raise UsageError(f"no checkpoints in {stage_root}; {_train_hint(stage_root)}")
     depth_tags = [(int(m.group(1)), t) for t in tags if (m := re.fullmatch(r"d(\d+)", t))]
     if depth_tags:
         return max(depth_tags)[1]
@@ -372,16 +390,20 @@ def load_model(stage, device, phase="eval", model_tag=None, step=None):
     if phase not in ("eval", "train"):
         raise ValueError(f"phase must be 'eval' or 'train', got {phase!r}")
     root = os.path.join(get_base_dir(), STAGE_DIRS[stage])
-    tag = model_tag or find_largest_model(root)
+    tag = check_model_tag(model_tag) if model_tag is not None else find_largest_model(root)
     ckpt_dir = os.path.join(root, tag)
     if step is None:
         step = find_latest_step(ckpt_dir)
         if step is None:
-            raise UsageError(f"no valid checkpoint in {ckpt_dir}; train that stage first")
+            tags = sorted(t for t in os.listdir(root) if os.path.isdir(os.path.join(root, t))) \
+                if os.path.isdir(root) else []
+            known = f"model tags there: {', '.join(tags)}" if tags else _train_hint(root)
+            raise UsageError(f"no valid checkpoint in {ckpt_dir}; {known}")
     try:
         model_state, _, meta = load_checkpoint(ckpt_dir, step, device, load_optim=False)
     except CheckpointError as exc:
-        raise UsageError(f"cannot load step {step} from {ckpt_dir}: {exc}")
+        valid = ", ".join(str(s) for s in list_valid_steps(ckpt_dir)) or "none"
+        raise UsageError(f"cannot load step {step} from {ckpt_dir}: {exc}; valid steps: {valid}")
     tokenizer = get_tokenizer()
     config = GPTConfig(**meta["model_config"])
     if config.vocab_size != tokenizer.get_vocab_size():

@@ -32,6 +32,10 @@ def run_main(fn, argv=None):
         sys.stdout.flush()
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints and exits 4 on its own)
+        sys.stdout.flush()
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)
 
 

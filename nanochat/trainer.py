@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from nanochat.checkpoint import (CheckpointError, checkpoint_dir, load_checkpoint, resolve_resume_step,
-                                 save_checkpoint, update_meta)
+from nanochat.checkpoint import (CheckpointError, check_model_tag, checkpoint_dir, load_checkpoint,
+                                 resolve_resume_step, save_checkpoint, update_meta)
 from nanochat.common import UsageError, compute_mfu, format_mfu, get_dist_info, get_peak_flops, print0
 from nanochat.optim import get_muon_momentum
 
@@ -89,6 +89,13 @@ def float_flag(text):
     return value
 
 
+def nonnegative_float(text):
+    value = float_flag(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be >= 0")
+    return value
+
+
 def resume_flag(text):
     text = str(text).strip()
     if text == "latest":
@@ -133,7 +140,7 @@ def add_training_flags(parser, **defaults):
                    help="checkpoints kept besides the best val bpb (0: keep all)")
     p.add_argument("--resume_from_step", type=resume_flag, default=d["resume_from_step"],
                    help="resume from this checkpoint step, or 'latest'")
-    p.add_argument("--model_tag", type=str, default=d["model_tag"], help="checkpoint directory name")
+    p.add_argument("--model_tag", type=check_model_tag, default=d["model_tag"], help="checkpoint directory name")
     p.add_argument("--eval_every", type=int_or_disabled, default=d["eval_every"],
                    help="evaluate every N steps (-1: off)")
     p.add_argument("--eval_tokens", type=positive_int, default=d["eval_tokens"], help="tokens per evaluation")

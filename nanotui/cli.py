@@ -64,9 +64,11 @@ def _set_flag(argv: list[str], flag: str, value: str) -> list[str]:
 
 def _apply_stage_options(plan: dict, stages: str | None, sets: list[str]) -> dict:
     """`--stages a,b` keeps only those stages (in plan order); `--set stage:--flag=value` edits a stage argv."""
-    if stages:
+    if stages is not None:
         wanted = [s.strip() for s in stages.split(",") if s.strip()]
         names = [s["name"] for s in plan["stages"]]
+        if not wanted:
+            raise UsageError(f"--stages names no stage; give a comma-separated subset of: {', '.join(names)}")
         unknown = [w for w in wanted if w not in names]
         if unknown:
             raise UsageError(f"unknown stage {unknown[0]!r} for profile {plan['profile']}; stages: {', '.join(names)}")
@@ -137,6 +139,8 @@ def _status_line(s: dict) -> str:
                     + (f", auto in {max(0, dl - time.time()):.0f}s" if dl else ", waiting for a command"))
     if s.get("reason") and not p:
         bits.append(s["reason"])
+    if s.get("problem"):
+        bits.append(f"{s['problem']}: this status may be wrong")
     return " | ".join(bits)
 
 
@@ -181,9 +185,15 @@ def _start_plan(plan: dict, a) -> int:
     base = _base_dir()
     plan.update(base_dir=str(base), cwd=os.getcwd(), grace=60.0 if grace is None else grace)
     if getattr(a, "stop_timeout", None) is not None:
+        if not 0 <= a.stop_timeout < float("inf"):
+            raise UsageError(f"--stop-timeout must be seconds >= 0, got {a.stop_timeout:g}")
         plan["stop_timeout"] = a.stop_timeout
-    base.mkdir(parents=True, exist_ok=True)
-    rd = RunDir.create(base, plan)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        rd = RunDir.create(base, plan)
+    except OSError as e:
+        raise UsageError(f"cannot create a run directory under {base} ({e.strerror or e}); "
+                         f"set NANOCHAT_BASE_DIR to a writable directory") from None
     pid = _launch(rd)
     print(f"started run {rd.run_id} (supervisor pid {pid}); it keeps running if you log out.")
     print(f"  watch: nanotui attach   status: nanotui status   stop: nanotui stop   dir: {rd.path}")
@@ -256,7 +266,7 @@ def plain_attach(rd: RunDir, interval: float = 1.0, out=None) -> int:
                 out.write(line + "\n")
                 out.flush()
                 last = line
-            if s["state"] in ("done", "failed", "stopped") and not s["supervisor_alive"]:
+            if s["state"] in ("done", "failed", "stopped", "corrupt") and not s["supervisor_alive"]:
                 break
             time.sleep(interval)
     except KeyboardInterrupt:
@@ -294,6 +304,8 @@ def cmd_status(a) -> int:
 
 def cmd_logs(a) -> int:
     from nanotui.runtime.tail import LogTailer, read_tail
+    if a.bytes < 1:
+        raise UsageError(f"--bytes must be a positive number of bytes, got {a.bytes}")
     rd = _resolve(a.run)
     log = rd.current_log()
     if log is None:
@@ -319,7 +331,8 @@ def cmd_logs(a) -> int:
                 print(f"==> {cur.name} <==", flush=True)
                 continue
             if not new:
-                if not rd.supervisor_alive() and rd.read_state().get("phase") not in ("starting", "running"):
+                # over when nothing can write any more: no supervisor, and no stage outliving a dead one
+                if not rd.supervisor_alive() and rd.status_summary()["state"] != "running":
                     for line in tailer.read_lines() + tailer.flush_partial():
                         print(line, flush=True)
                     return 0
@@ -388,6 +401,14 @@ def cmd_resume(a) -> int:
         return 0
     if rd.read_state().get("phase") == "done":
         raise UsageError(f"run {rd.run_id} is already done; start a new one with `nanotui start`")
+    problem = rd.state_problem()
+    if problem:
+        raise UsageError(f"cannot resume run {rd.run_id}: {problem}; restore that file or start a new run "
+                         f"with `nanotui start` (its checkpoints are kept)")
+    if a.step is not None:
+        _check_resume_step(rd, a.step)
+    if a.device_bs is not None:
+        _check_resume_batch(rd, a.device_bs)
     if a.grace is not None:
         st = rd.read_state()
         st["grace"] = _grace_arg(a.grace)
@@ -400,6 +421,38 @@ def cmd_resume(a) -> int:
     pid = _launch(rd, extra)
     print(f"resumed {rd.run_id} (supervisor pid {pid})")
     return 0
+
+
+def _check_resume_step(rd: RunDir, step: int) -> None:
+    """UsageError unless the stage a resume continues has a checkpoint at `step` (checked before anything starts)."""
+    from nanotui.core import ckpts
+    plan, st = rd.read_plan(), rd.read_state()
+    stages = plan.get("stages", [])
+    idx = st.get("stage_index") or 0
+    stage = stages[idx] if 0 <= idx < len(stages) else None
+    if not stage or not stage.get("trains") or not stage.get("ckpt_subdir"):
+        name = stage["name"] if stage else "?"
+        raise UsageError(f"--step applies to a training stage, and run {rd.run_id} resumes at {name}; "
+                         f"leave --step out")
+    ckpt_dir = Path(plan.get("base_dir") or _base_dir()) / stage["ckpt_subdir"]
+    steps = [c.step for c in ckpts.scan_dir(str(ckpt_dir)) if c.status != "invalid"]
+    if step not in steps:
+        have = ", ".join(map(str, steps)) or "none"
+        raise UsageError(f"{stage['name']} has no checkpoint at step {step} in {ckpt_dir}; valid steps: {have}")
+
+
+def _check_resume_batch(rd: RunDir, device_bs: int) -> None:
+    """UsageError when `--device-bs` x seq len x ranks does not divide the total batch of the stage a resume runs."""
+    stages, st = rd.read_plan().get("stages", []), rd.read_state()
+    idx = st.get("stage_index") or 0
+    stage = stages[idx] if 0 <= idx < len(stages) else {}
+    total, seq, world = stage.get("total_batch_size"), stage.get("seq_len") or 1, stage.get("world_size") or 1
+    if stage.get("trains") and total and total % (device_bs * seq * world):
+        from nanotui.core.oom import fallback_ladder
+        fits = fallback_ladder(2 * device_bs, total, seq, world)
+        raise UsageError(f"--device-bs {device_bs} x seq len {seq} x {world} rank(s) does not divide "
+                         f"{stage['name']}'s total batch of {total} tokens; try "
+                         f"{', '.join(map(str, fits)) or 'a power of two'}")
 
 
 def cmd_ckpts(a) -> int:
@@ -428,7 +481,10 @@ def cmd_ckpts(a) -> int:
 
 
 def cmd_doctor(a) -> int:
+    from nanotui.core.plan import PROFILE_NAMES
     from nanotui.runtime.doctor import run_checks
+    if a.profile not in PROFILE_NAMES:
+        raise UsageError(f"unknown profile {a.profile!r}; choose one of: {', '.join(PROFILE_NAMES)}")
     ok = True
     for name, status, detail in run_checks(_base_dir(), profile=a.profile):
         mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "info": "info"}[status]
@@ -537,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         if fn is None:
             return cmd_bare(args)
         return int(fn(args) or 0)
-    except UsageError as e:
+    except (UsageError, RunNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

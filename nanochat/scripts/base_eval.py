@@ -10,6 +10,7 @@ from nanochat.engine import Engine
 from nanochat.loss_eval import evaluate_bpb_budget
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
+from nanochat.trainer import nonnegative_int, positive_int
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -19,11 +20,13 @@ SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
 def build_parser():
     p = ArgumentParser(prog="python -m nanochat.scripts.base_eval", description=__doc__)
     p.add_argument("--model_tag", default=None)
-    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--step", type=nonnegative_int, default=None)
     p.add_argument("--demo", action="store_true", help="small token budget, CORE skipped (offline demo)")
-    p.add_argument("--eval_tokens", type=int, default=None, help="tokens per split for bpb (default 20 x 524,288)")
-    p.add_argument("--device_batch_size", type=int, default=None, help="rows per forward pass (result unchanged)")
-    p.add_argument("--max_per_task", type=int, default=None, help="CORE: at most this many examples per task")
+    p.add_argument("--eval_tokens", type=positive_int, default=None,
+                   help="tokens per split for bpb (default 20 x 524,288)")
+    p.add_argument("--device_batch_size", type=positive_int, default=None,
+                   help="rows per forward pass (result unchanged)")
+    p.add_argument("--max_per_task", type=positive_int, default=None, help="CORE: at most this many examples per task")
     p.add_argument("--skip_core", action="store_true")
     p.add_argument("--device_type", default="")
     return p

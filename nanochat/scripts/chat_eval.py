@@ -7,6 +7,7 @@ from nanochat.checkpoint import load_model
 from nanochat.common import ArgumentParser, UsageError, compute_cleanup, compute_init, print0, run_main
 from nanochat.engine import Engine
 from nanochat.report import get_report
+from nanochat.trainer import nonnegative_float, nonnegative_int, positive_int
 
 REAL_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]
 RANDOM_BASELINE = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "DemoFirstLetter": 0.25}
@@ -74,14 +75,14 @@ def build_parser():
     p.add_argument("-i", "--source", choices=["mid", "sft"], default="sft", help="which chat model")
     p.add_argument("-a", "--task_name", default=None, help="tasks separated by | (default: all)")
     p.add_argument("--model_tag", default=None)
-    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--step", type=nonnegative_int, default=None)
     p.add_argument("--demo", action="store_true", help="evaluate the offline synthetic tasks")
-    p.add_argument("--max_problems", type=int, default=None, help="at most this many problems per task")
-    p.add_argument("--batch_size", type=int, default=8, help="batch of the categorical (letter) evaluation")
-    p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--max_new_tokens", type=int, default=None)
-    p.add_argument("-t", "--temperature", type=float, default=0.0)
-    p.add_argument("-k", "--top_k", type=int, default=50)
+    p.add_argument("--max_problems", type=positive_int, default=None, help="at most this many problems per task")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="batch of the categorical (letter) evaluation")
+    p.add_argument("--num_samples", type=positive_int, default=1)
+    p.add_argument("--max_new_tokens", type=positive_int, default=None)
+    p.add_argument("-t", "--temperature", type=nonnegative_float, default=0.0, help="0 = greedy")
+    p.add_argument("-k", "--top_k", type=positive_int, default=50)
     p.add_argument("--device_type", default="")
     return p
 

@@ -49,7 +49,7 @@ def parse_grace(value) -> Grace:
             value = float(text.rstrip("s"))
         except ValueError:
             raise ValueError(f"grace must be seconds (>= 0) or 'off', got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise ValueError(f"grace must be seconds (>= 0) or 'off', got {value!r}")
     return float(value)
 

@@ -171,6 +171,21 @@ class RunDir:
             stages = []
         return initial_state(self.run_id, stages)
 
+    def state_problem(self) -> str | None:
+        """Why run.json or state.json cannot be trusted (present but not a JSON object), else None."""
+        for path in (self.run_json, self.state_json):
+            try:
+                obj = json.loads(path.read_bytes() or b"null")
+            except FileNotFoundError:
+                if path == self.run_json:
+                    return f"{path.name} is missing"
+                continue
+            except (OSError, ValueError) as e:
+                return f"{path.name} is unreadable ({_one_line(e)})"
+            if not isinstance(obj, dict):
+                return f"{path.name} is unreadable (not a JSON object)"
+        return None
+
     def write_state(self, state: dict) -> None:
         state["updated"] = time.time()
         atomic_write_json(self.state_json, state)
@@ -209,9 +224,11 @@ class RunDir:
                         return
                     pos += len(raw)
                     try:
-                        yield json.loads(raw), pos
-                    except json.JSONDecodeError:
+                        ev = json.loads(raw)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
                         continue
+                    if isinstance(ev, dict):  # a damaged line holding a list/number is skipped like bad JSON
+                        yield ev, pos
         except FileNotFoundError:
             return
 
@@ -271,7 +288,10 @@ class RunDir:
         alive = self.supervisor_alive()
         phase = st.get("phase") or "starting"
         state = {"starting": "running"}.get(phase, phase)
-        if state in ("running", "waiting") and not alive:
+        problem = self.state_problem()
+        if problem and not alive:
+            state = "corrupt"
+        elif state in ("running", "waiting") and not alive:
             from nanotui.runtime.procs import pid_matches  # local: procs imports psutil
             if not pid_matches(st.get("stage_pid"), st.get("stage_pid_created")):
                 state = "failed"
@@ -284,17 +304,24 @@ class RunDir:
             "stage_pid": st.get("stage_pid"), "last_checkpoint": st.get("last_checkpoint"),
             "pending_oom": st.get("pending_oom"), "reason": st.get("reason"),
             "grace": st.get("grace", plan.get("grace")), "updated": st.get("updated"),
-            "path": str(self.path),
+            "path": str(self.path), "problem": problem,
         }
+
+
+def _one_line(exc: Exception) -> str:
+    """An exception's message on one line (JSON errors say where: `line 1 column 16`)."""
+    return " ".join(str(exc).split())
 
 
 def _parse_jsonl(data: bytes) -> list[dict]:
     out = []
     for raw in data.splitlines():
         try:
-            out.append(json.loads(raw))
+            obj = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
+        if isinstance(obj, dict):
+            out.append(obj)
     return out
 
 
@@ -353,6 +380,10 @@ def resolve_run(base_dir: Path | str | None, run_id: str | None, *, latest_ok: b
             matches = [r for r in list_runs(base_dir) if r.run_id.startswith(run_id)]
             if len(matches) == 1:
                 return matches[0]
+            if len(matches) > 1:
+                shown = ", ".join(r.run_id for r in matches[:4]) + (", ..." if len(matches) > 4 else "")
+                raise RunNotFound(f"run id prefix '{run_id}' is ambiguous: it matches {len(matches)} runs "
+                                  f"({shown}); give more of the id") from None
             raise
     active = find_active_run(base_dir)
     if active is not None:

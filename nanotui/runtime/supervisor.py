@@ -587,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"error: {e}", flush=True)
         return 2
+    problem = rd.state_problem()
+    if problem:  # resuming from a blank state would silently restart the pipeline at its first stage
+        print(f"error: run {rd.run_id}: {problem}; restore that file or start a new run", flush=True)
+        return 2
     try:
         lock_fd = acquire_lock(rd)
     except SupervisorBusy as e:

@@ -1,6 +1,7 @@
 """CLI: every user mistake is one `error:` line + exit 2; commands work without a GPU; `run -- CMD` end to end."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,14 @@ def assert_usage_error(r, *words):
     (["run", "--", "definitely-not-a-command-xyz"], {}, ["command not found"]),
     (["run"], {}, ["nothing to run"]),
     (["frobnicate"], {}, ["invalid choice"]),
+    (["start", "--profile", "cpu-demo", "--grace", "inf"], {}, ["grace"]),
+    (["start", "--profile", "cpu-demo", "--stop-timeout", "-1"], {}, ["--stop-timeout"]),
+    (["start", "--profile", "cpu-demo", "--stages", ","], {}, ["--stages names no stage"]),
+    (["start", "--profile", "4090", "--device-bs", "3"], {}, ["does not divide"]),
+    (["start", "--profile", "4090"], {"NPROC_PER_NODE": "0"}, ["NPROC_PER_NODE"]),
+    (["start", "--profile", "4090"], {"SEQ_LEN": "-1"}, ["SEQ_LEN"]),
+    (["doctor", "--profile", "nope"], {}, ["unknown profile"]),
+    (["logs", "--bytes", "0"], {}, ["--bytes"]),
 ])
 def test_user_mistakes_are_one_line_exit_2(base_dir, args, env, words):
     assert_usage_error(cli(*args, env=env), *words)
@@ -109,3 +118,76 @@ def test_stop_without_supervisor_kills_the_recorded_group(base_dir):
     from nanotui.runtime import procs
     st = rd.read_state()
     assert st["phase"] == "stopped" and not procs.group_alive(rd.read_events()[-1]["pgid"])
+
+
+def test_unwritable_base_dir_is_one_line(tmp_path):
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("x")
+    for args in (["start", "--profile", "cpu-demo"], ["run", "--", "true"]):
+        assert_usage_error(cli(*args, env={"NANOCHAT_BASE_DIR": str(not_a_dir / "base")}), "NANOCHAT_BASE_DIR")
+    assert not_a_dir.read_text() == "x"
+
+
+@pytest.fixture
+def recorded_runs(base_dir):
+    """Two recorded runs (tests/fixtures/runs): a finished one and one whose supervisor died mid base_train."""
+    fixtures = REPO / "tests" / "fixtures" / "runs"
+    for scenario, run_id in (("finished", "20260101-100000-cpu-demo"), ("mid_training", "20260101-110000-cpu-demo")):
+        src = fixtures / scenario
+        (src_run,) = (src / "runs").iterdir()
+        shutil.copytree(src_run, base_dir / "runs" / run_id)
+        for ckpts in src.glob("*_checkpoints"):
+            shutil.copytree(ckpts, base_dir / ckpts.name, dirs_exist_ok=True)
+        rd = RunDir(base_dir / "runs" / run_id)
+        rd.write_plan(dict(rd.read_plan(), base_dir=str(base_dir), cwd=str(base_dir)))
+    return base_dir
+
+
+def test_ambiguous_prefix_lists_the_matches(recorded_runs):
+    assert_usage_error(cli("status", "2026"), "ambiguous", "20260101-100000-cpu-demo", "20260101-110000-cpu-demo")
+    assert cli("status", "20260101-11").returncode == 0
+
+
+def test_logs_follow_ends_when_nothing_can_write(recorded_runs):
+    # the recorded mid-training run says "running" in state.json but its supervisor and stage are long gone
+    for run_id in ("20260101-100000", "20260101-110000"):
+        r = cli("logs", "-f", run_id, timeout=20)
+        assert r.returncode == 0 and r.stdout and "Traceback" not in r.stderr
+
+
+def test_resume_to_a_missing_step_or_bad_batch_starts_nothing(recorded_runs):
+    rd = RunDir(recorded_runs / "runs" / "20260101-110000-cpu-demo")
+    state_before = rd.state_json.read_bytes()
+    assert_usage_error(cli("resume", rd.run_id, "--step", "999"), "no checkpoint at step 999", "valid steps: 75")
+    assert_usage_error(cli("resume", rd.run_id, "--device-bs", "3"), "does not divide", "try 4, 2, 1")
+    assert rd.state_json.read_bytes() == state_before and not rd.supervisor_alive()
+    assert not rd.supervisor_log.exists()
+
+
+def test_corrupt_run_files_are_reported_not_crashed_on(recorded_runs):
+    done = RunDir(recorded_runs / "runs" / "20260101-100000-cpu-demo")
+    mid = RunDir(recorded_runs / "runs" / "20260101-110000-cpu-demo")
+    mid.state_json.write_text('{"phase": "runn')  # torn by hand
+    with open(done.events_path, "a") as f:
+        f.write('[1, 2]\n"text"\n{"broken\n')
+    r = cli("ls")
+    assert r.returncode == 0 and "corrupt" in r.stdout and "Traceback" not in r.stderr
+    r = cli("status", mid.run_id)
+    assert r.returncode == 0 and "corrupt" in r.stdout and "state.json is unreadable" in r.stdout
+    assert json.loads(cli("status", "--json", mid.run_id).stdout)["problem"].startswith("state.json")
+    r = cli("attach", mid.run_id, timeout=20)  # not a TTY: the plain status, which ends for a dead run
+    assert r.returncode == 0 and "state.json is unreadable" in r.stdout
+    # resuming from a blank state would restart the pipeline at its first stage: refused, nothing touched
+    assert_usage_error(cli("resume", mid.run_id), "state.json is unreadable")
+    assert mid.state_json.read_text() == '{"phase": "runn' and not mid.supervisor_log.exists()
+    # non-object lines in events.jsonl are skipped by every reader (the dashboard's model included)
+    assert all(isinstance(ev, dict) for ev in done.read_events())
+    from nanotui.tui.model import RunView
+    view = RunView(done.path)
+    view.attach()
+    view.load_history()
+    view.poll()
+    done.run_json.write_text("not json")
+    r = cli("ckpts", done.run_id)
+    assert_usage_error(r, "run.json")
+    assert cli("status", done.run_id).returncode == 0

@@ -177,3 +177,15 @@ def test_argument_parser_accepts_torchruns_separator():
     assert (ns.source, ns.model_tag) == ("mid", "demo")
     with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
         p.parse_args(["--", "--bogus"])
+
+
+def test_run_main_turns_ctrl_c_into_one_line_and_exit_130():
+    code = textwrap.dedent("""
+        from nanochat.common import run_main
+        def main():
+            raise KeyboardInterrupt
+        run_main(main)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 130
+    assert "Traceback" not in out.stderr and out.stderr.strip().splitlines()[-1] == "interrupted"
