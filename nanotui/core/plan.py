@@ -96,6 +96,22 @@ class Plan:
 # ------------------------------------------------------------------ profiles
 # Each stage: (name, module, args, launcher) where launcher "torchrun" stages go through torchrun when
 # NPROC_PER_NODE > 1. "{RUN}" is replaced by WANDB_RUN; device batch / seq len flags are set from overrides.
+# The single-node GPU pipeline (upstream's speedrun.sh): the 4090 and 8xh100 profiles differ only in their knobs.
+_SPEEDRUN_STAGES = [
+    ("data", "nanochat.dataset", ["-n", "240"], "python"),
+    ("tok_train", "nanochat.scripts.tok_train", ["--max_chars=2000000000"], "python"),
+    ("tok_eval", "nanochat.scripts.tok_eval", [], "python"),
+    ("base_train", "nanochat.scripts.base_train",
+     ["--depth=20", "--device_batch_size={DEVICE_BS}", "--max_seq_len={SEQ_LEN}", "--run={RUN}"], "torchrun"),
+    ("base_eval", "nanochat.scripts.base_eval", [], "torchrun"),
+    ("mid_train", "nanochat.scripts.mid_train",
+     ["--device_batch_size={DEVICE_BS}", "--max_seq_len={SEQ_LEN}", "--run={RUN}"], "torchrun"),
+    ("chat_eval_mid", "nanochat.scripts.chat_eval", ["-i", "mid"], "torchrun"),
+    ("chat_sft", "nanochat.scripts.chat_sft", ["--device_batch_size={SFT_BS}", "--run={RUN}"], "torchrun"),
+    ("chat_eval_sft", "nanochat.scripts.chat_eval", ["-i", "sft"], "torchrun"),
+    ("report", "nanochat.report", ["generate"], "python"),
+]
+
 PROFILES = {
     "cpu-demo": {
         "description": "tiny offline pipeline for a laptop CPU (minutes)",
@@ -128,20 +144,7 @@ PROFILES = {
         "model_tag": "d20",
         "total_batch_size": {"base_train": _UPSTREAM_DEFAULT_TOTAL_BATCH, "mid_train": _UPSTREAM_DEFAULT_TOTAL_BATCH},
         "num_iterations": {},
-        "stages": [
-            ("data", "nanochat.dataset", ["-n", "240"], "python"),
-            ("tok_train", "nanochat.scripts.tok_train", ["--max_chars=2000000000"], "python"),
-            ("tok_eval", "nanochat.scripts.tok_eval", [], "python"),
-            ("base_train", "nanochat.scripts.base_train",
-             ["--depth=20", "--device_batch_size={DEVICE_BS}", "--max_seq_len={SEQ_LEN}", "--run={RUN}"], "torchrun"),
-            ("base_eval", "nanochat.scripts.base_eval", [], "torchrun"),
-            ("mid_train", "nanochat.scripts.mid_train",
-             ["--device_batch_size={DEVICE_BS}", "--max_seq_len={SEQ_LEN}", "--run={RUN}"], "torchrun"),
-            ("chat_eval_mid", "nanochat.scripts.chat_eval", ["-i", "mid"], "torchrun"),
-            ("chat_sft", "nanochat.scripts.chat_sft", ["--device_batch_size={SFT_BS}", "--run={RUN}"], "torchrun"),
-            ("chat_eval_sft", "nanochat.scripts.chat_eval", ["-i", "sft"], "torchrun"),
-            ("report", "nanochat.report", ["generate"], "python"),
-        ],
+        "stages": _SPEEDRUN_STAGES,
     },
     "8xh100": {
         "description": "upstream speedrun on 8 x H100: d20, torchrun x8, DEVICE_BS=32, SEQ_LEN=2048",
@@ -149,20 +152,7 @@ PROFILES = {
         "model_tag": "d20",
         "total_batch_size": {"base_train": _UPSTREAM_DEFAULT_TOTAL_BATCH, "mid_train": _UPSTREAM_DEFAULT_TOTAL_BATCH},
         "num_iterations": {},
-        "stages": [
-            ("data", "nanochat.dataset", ["-n", "240"], "python"),
-            ("tok_train", "nanochat.scripts.tok_train", ["--max_chars=2000000000"], "python"),
-            ("tok_eval", "nanochat.scripts.tok_eval", [], "python"),
-            ("base_train", "nanochat.scripts.base_train",
-             ["--depth=20", "--device_batch_size={DEVICE_BS}", "--max_seq_len={SEQ_LEN}", "--run={RUN}"], "torchrun"),
-            ("base_eval", "nanochat.scripts.base_eval", [], "torchrun"),
-            ("mid_train", "nanochat.scripts.mid_train",
-             ["--device_batch_size={DEVICE_BS}", "--max_seq_len={SEQ_LEN}", "--run={RUN}"], "torchrun"),
-            ("chat_eval_mid", "nanochat.scripts.chat_eval", ["-i", "mid"], "torchrun"),
-            ("chat_sft", "nanochat.scripts.chat_sft", ["--device_batch_size={SFT_BS}", "--run={RUN}"], "torchrun"),
-            ("chat_eval_sft", "nanochat.scripts.chat_eval", ["-i", "sft"], "torchrun"),
-            ("report", "nanochat.report", ["generate"], "python"),
-        ],
+        "stages": _SPEEDRUN_STAGES,
     },
 }
 PROFILE_NAMES = tuple(PROFILES)
