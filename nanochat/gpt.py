@@ -250,7 +250,7 @@ class GPT(nn.Module):
     # ---- forward -------------------------------------------------------------------------------------------------
 
     def forward(self, idx, targets=None, loss_reduction="mean", kv_cache=None):
-        """Logits [B, T, vocab] (softcapped), or the fp32 cross-entropy loss when targets are given (-1 = ignore)."""
+        """Softcapped fp32 logits [B, T, vocab], or the fp32 cross-entropy loss when targets are given (-1 = ignore)."""
         B, T = idx.size()
         start = 0 if kv_cache is None else kv_cache.get_pos()
         if start + T > self.cos.size(1):
@@ -263,11 +263,10 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache)
         x = norm(x)
-        logits = self.lm_head(x)
+        logits = self.lm_head(x).float()  # bf16 under autocast: softcap and loss in fp32 (as upstream)
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:
             return logits
-        logits = logits.float()
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1, reduction=loss_reduction)
 

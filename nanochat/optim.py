@@ -5,6 +5,7 @@ ranks themselves (reduce-scatter), update the share of parameters each rank owns
 Their state is sharded, so every rank saves its own optimizer file.
 """
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -59,10 +60,24 @@ def newton_schulz(G, steps=5, dtype=torch.bfloat16):
 _compiled_newton_schulz = None
 
 
+def _compile_wanted(device) -> bool:
+    """Compile Newton–Schulz on CUDA unless NANOCHAT_COMPILE=0 (the trainer's switch) or NANOCHAT_NO_COMPILE=1."""
+    return (device.type == "cuda" and os.environ.get("NANOCHAT_COMPILE", "1") != "0"
+            and os.environ.get("NANOCHAT_NO_COMPILE") != "1")
+
+
+def _is_out_of_memory(exc) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 def _orthogonalise(G, steps, dtype):
-    """newton_schulz, compiled with torch.compile on CUDA when that works (eager elsewhere or on failure)."""
+    """newton_schulz, compiled with torch.compile on CUDA when that works (eager elsewhere or on failure).
+
+    A failure to compile falls back to eager for the rest of the process; an out-of-memory error is not a compile
+    failure and propagates (the trainer's OOM handling must see it).
+    """
     global _compiled_newton_schulz
-    if G.device.type == "cuda" and os.environ.get("NANOCHAT_NO_COMPILE") != "1":
+    if _compile_wanted(G.device):
         if _compiled_newton_schulz is None:
             try:
                 _compiled_newton_schulz = torch.compile(newton_schulz)
@@ -71,8 +86,12 @@ def _orthogonalise(G, steps, dtype):
         if _compiled_newton_schulz:
             try:
                 return _compiled_newton_schulz(G, steps, dtype)
-            except Exception:
+            except Exception as exc:
+                if _is_out_of_memory(exc):
+                    raise
                 _compiled_newton_schulz = False
+                print(f"warning: torch.compile of Newton-Schulz failed ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:200]}); running it eagerly", file=sys.stderr, flush=True)
     return newton_schulz(G, steps, dtype)
 
 

@@ -217,6 +217,26 @@ class FaultInjector:
                 f"batch of {batch_rows} rows at step {step})")
 
 
+def cuda_memory_cap_gib():
+    """NANOCHAT_CUDA_MEMORY_CAP_GIB as a positive float (GiB), None when unset; UsageError when malformed."""
+    text = os.environ.get(CUDA_MEMORY_CAP_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{CUDA_MEMORY_CAP_ENV}={text!r} must be a positive number of GiB (e.g. 24); unset it to "
+                         f"use the whole card")
+    return value
+
+
+def cuda_memory_fraction(cap_gib: float, total_bytes: int) -> float:
+    """The torch.cuda.set_per_process_memory_fraction argument that caps a card of `total_bytes` at `cap_gib`."""
+    return min(1.0, cap_gib * 2**30 / total_bytes)
+
+
 class _Stopped(Exception):
     pass
 
@@ -378,6 +398,7 @@ class Trainer:
         self.grad_clip = getattr(args, "grad_clip", 1.0) or 0.0
         self.ckpt_dir = checkpoint_dir(stage, model_tag)
         self.fault = FaultInjector()
+        self.cuda_memory_cap_gib = cuda_memory_cap_gib()  # applied in setup(), on CUDA only
         self.peak_flops = get_peak_flops(self.device)
         if compile_model is None:
             compile_model = self.device.type == "cuda" and os.environ.get("NANOCHAT_COMPILE", "1") != "0"
@@ -648,7 +669,9 @@ class Trainer:
         for opt in self.optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
-        self._phase = "boundary"
+        # the weights now hold step+1 steps while self.step still says `step`: not a state to checkpoint as `step`
+        # (the loop moves self.step on and returns to "boundary")
+        self._phase = "stepped"
         self._sync()
         dt = time.perf_counter() - t0
         return train_loss, lrm, dt, int(stats[1].item()), int(stats[2].item())
@@ -696,10 +719,10 @@ class Trainer:
         loader_state = self._resume()
         self.loader = self.make_train_loader(loader_state)
         self._init_wandb()
-        cap = os.environ.get(CUDA_MEMORY_CAP_ENV)
-        if cap and self.device.type == "cuda":
+        if self.cuda_memory_cap_gib is not None and self.device.type == "cuda":
             total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total), self.device)
+            torch.cuda.set_per_process_memory_fraction(cuda_memory_fraction(self.cuda_memory_cap_gib, total),
+                                                       self.device)
 
     def run(self) -> int:
         """Train to num_iterations. Returns EXIT_OK, EXIT_OOM (after an emergency checkpoint) or EXIT_STOPPED."""
@@ -717,7 +740,9 @@ class Trainer:
                 except Exception as exc:
                     if not is_oom_error(exc):
                         raise
-                    consistent = self._phase in ("boundary", "eval") and not self.ddp
+                    # weights and optimizer state are intact before the optimizer step ("fwdbwd": the gradient
+                    # reduction and clipping after the micro-steps) and between steps; not during or right after it
+                    consistent = self._phase in ("boundary", "eval", "fwdbwd") and not self.ddp
                     outcome = ("oom", _one_line(exc), consistent)
                 # handled outside the except clauses: the failed frames (and their GPU tensors) are released now
                 kind, message, consistent = outcome
@@ -748,6 +773,7 @@ class Trainer:
             if not self.ddp and self.stop_requested():  # under DDP the ranks agree inside _train_step
                 raise _Stopped()
             train_loss, lrm, dt, tokens, target_tokens = self._train_step(step)
+            self.step, self._phase = step + 1, "boundary"  # an OOM from here on checkpoints step+1, as it should
             self._log_step(step, train_loss, lrm, dt, tokens, target_tokens)
             self.current_val_bpb = None
             step += 1

@@ -1,6 +1,7 @@
 """GPU check of the user's single-GPU plan under a 24 GiB cap: a d20 model (random weights) doing mid_train steps at
 DEVICE_BS=4, SEQ_LEN=1024 and chat_sft steps at DEVICE_BS=2 (padded rows up to 2048 tokens, summed masked loss).
 Prints peak memory and step time. Run on a CUDA machine: pytest -m gpu tests/gpu/test_gpu_pipeline.py -s"""
+import gc
 import time
 
 import pytest
@@ -14,6 +15,7 @@ STEPS = 10
 
 
 def _steps(batch, seq, sum_loss):
+    gc.collect()  # the previous case's model and optimizer states must not count against this case's cap and peak
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     total = torch.cuda.get_device_properties(0).total_memory

@@ -130,6 +130,18 @@ def test_bf16_autocast_steps_eval_sampling_and_checkpoint(base_dir, bf16_autocas
     assert torch.equal(saved["transformer.wte.weight"], wte)
 
 
+def test_logits_softcap_and_loss_are_fp32_under_bf16_autocast():
+    model = make_model(cuda_like=True)
+    x, y = CountingLoader(2, 16).next_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        loss = model(x, y)
+    assert logits.dtype == torch.float32 and loss.dtype == torch.float32
+    # the softcap runs on fp32 logits: its output is not limited to bf16's 8-bit mantissa
+    assert not torch.equal(logits, logits.bfloat16().float())
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits.view(-1, CFG.vocab_size), y.reshape(-1)))
+
+
 def test_cuda_style_checkpoint_resumes_on_a_plain_fp32_cpu_model(base_dir, bf16_autocast, monkeypatch):
     # "CUDA" run: bf16 embedding, fused AdamW (its param groups carry fused=True into the checkpoint)
     first = make_trainer(["--num_iterations=4", "--save_every=2"])
