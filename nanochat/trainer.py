@@ -189,6 +189,33 @@ def is_oom_error(exc) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def exit_3_on_startup_oom(main):
+    """Wrap a stage's `main(argv)` so that an OOM before the training loop (loading or moving the model to the GPU)
+    ends like one inside it: the `OOM:` line (nothing to save yet) and exit 3, which the supervisor's ladder reads."""
+    def wrapped(argv=None):
+        try:
+            return main(argv)
+        except Exception as exc:
+            if not is_oom_error(exc):
+                raise
+            bs = _flag_value(sys.argv[1:] if argv is None else argv, "device_batch_size")
+            print0(f"OOM: CUDA out of memory at device_batch_size={bs or '?'}, step 0; emergency checkpoint: none")
+            print(f"torch.OutOfMemoryError: {' '.join(str(exc).split())[:300]}", file=sys.stderr, flush=True)
+            return 3
+    wrapped.__doc__ = main.__doc__
+    return wrapped
+
+
+def _flag_value(argv, name):
+    """The value of `--name=V` / `--name V` (dashes or underscores) in argv, or None."""
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
+    for i, token in enumerate(argv):
+        key, eq, value = token.partition("=")
+        if key in spellings:
+            return value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
+
+
 def _env_nonneg_int(name):
     text = os.environ.get(name, "").strip()
     if not text:

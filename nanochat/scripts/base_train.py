@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from nanochat.common import (UsageError, autodetect_device_type, compute_cleanup, compute_init,  # noqa: E402
                              print0, run_main)
 from nanochat.trainer import (FlagParser, Trainer, add_training_flags, compute_grad_accum, float_flag,  # noqa: E402
-                              int_or_disabled, is_oom_error, positive_int)
+                              exit_3_on_startup_oom, int_or_disabled, positive_int)
 
 SAMPLE_PROMPTS = [
     "The capital of France is",
@@ -158,6 +158,7 @@ def make_sample_evaluator(args, tokenizer):
     return evaluate
 
 
+@exit_3_on_startup_oom  # OOM before the loop (e.g. moving the model to the GPU): nothing to save yet
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_ratios(args)
@@ -232,13 +233,6 @@ def main(argv=None):
                 "Training time (min)": st.total_training_time / 60,
                 "Peak memory (MiB)": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0}])
         return rc
-    except Exception as exc:  # OOM before the loop (e.g. moving the model to the GPU): nothing to save yet
-        if not is_oom_error(exc):
-            raise
-        print0(f"OOM: CUDA out of memory at device_batch_size={args.device_batch_size}, step 0; "
-               f"emergency checkpoint: none")
-        print(f"torch.OutOfMemoryError: {' '.join(str(exc).split())[:300]}", file=sys.stderr, flush=True)
-        return 3
     finally:
         compute_cleanup()
 

@@ -12,7 +12,8 @@ from nanochat.report import get_report
 from nanochat.scripts.mid_train import scale_initial_lr
 from nanochat.tasks.batching import SFTLoader, check_sft_batch
 from nanochat.tasks.mixtures import sft_mixture
-from nanochat.trainer import EXIT_OK, FlagParser, Trainer, add_training_flags, float_flag, positive_int
+from nanochat.trainer import (EXIT_OK, FlagParser, Trainer, add_training_flags, exit_3_on_startup_oom, float_flag,
+                              positive_int)
 
 
 def build_parser():
@@ -47,6 +48,7 @@ def masked_sum_loss(forward, loader, accum, world_size):
     return loss_fn
 
 
+@exit_3_on_startup_oom  # OOM while loading the model: the `OOM:` line and exit 3, as inside the loop
 def main(argv=None):
     args = build_parser().parse_args(argv)
     t_start = time.time()

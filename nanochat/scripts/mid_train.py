@@ -15,7 +15,8 @@ from nanochat.report import get_report
 from nanochat.tasks.batching import PackedConversationLoader
 from nanochat.tasks.mixtures import mid_mixture
 from nanochat.tokenizer import get_token_bytes
-from nanochat.trainer import EXIT_OK, FlagParser, Trainer, add_training_flags, float_flag, positive_int
+from nanochat.trainer import (EXIT_OK, FlagParser, Trainer, add_training_flags, exit_3_on_startup_oom, float_flag,
+                              positive_int)
 
 DEMO_EVAL_TOKENS = 16_384
 EPOCH_SAMPLE = 512
@@ -50,6 +51,7 @@ def estimate_iterations(tokenizer, dataset, total_batch_size, max_conv_tokens):
     return max(1, math.ceil(sum(lengths) / len(lengths) * n / total_batch_size))
 
 
+@exit_3_on_startup_oom  # OOM while loading the model: the `OOM:` line and exit 3, as inside the loop
 def main(argv=None):
     args = build_parser().parse_args(argv)
     t_start = time.time()
