@@ -80,7 +80,7 @@ class Report:
         self._write_header(time.time())
 
     def _write_header(self, started: float):
-        info = [f"# nanochat training report", "",
+        info = ["# nanochat training report", "",
                 f"Started: {datetime.datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S}", "",
                 "## Environment", "", f"- Platform: {platform.platform()}", f"- Python: {sys.version.split()[0]}",
                 f"- CPUs: {os.cpu_count()}"]

@@ -8,7 +8,7 @@ import secrets
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -807,9 +807,13 @@ class Trainer:
         self._print_end()
         return EXIT_OK
 
+    @property
+    def peak_memory_mib(self) -> float:
+        """Peak allocated CUDA memory of this process in MiB (0 off CUDA), for the end line and the report."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else 0.0
+
     def _print_end(self):
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
-        print0(f"Peak memory usage: {peak / 1024 / 1024:.2f}MiB")
+        print0(f"Peak memory usage: {self.peak_memory_mib:.2f}MiB")
         print0(f"Total training time: {self.state.total_training_time / 60:.2f}m")
         if math.isfinite(self.state.min_val_bpb):
             print0(f"Minimum validation bpb: {self.state.min_val_bpb:.4f}")

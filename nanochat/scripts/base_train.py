@@ -6,7 +6,6 @@
 import json
 import math
 import os
-import sys
 from dataclasses import asdict
 
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
@@ -231,7 +230,7 @@ def main(argv=None):
                 "Training tokens": num_iterations * args.total_batch_size,
                 "Minimum validation bpb": st.min_val_bpb if math.isfinite(st.min_val_bpb) else None,
                 "Training time (min)": st.total_training_time / 60,
-                "Peak memory (MiB)": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0}])
+                "Peak memory (MiB)": trainer.peak_memory_mib}])
         return rc
     finally:
         compute_cleanup()

@@ -1,6 +1,5 @@
 """Chat with a trained model in the terminal: `-p PROMPT` answers once, otherwise an interactive conversation
 (`quit` or Ctrl-D leaves, `clear` starts over). Uses the KV-cache engine with the calculator tool."""
-import sys
 
 from nanochat.checkpoint import load_model
 from nanochat.common import ArgumentParser, UsageError, compute_init, run_main

@@ -111,7 +111,7 @@ def main(argv=None):
             "Number of iterations": num_iterations, "Training conversations": len(train_set),
             "Last training loss": getattr(trainer, "last_train_loss", float("nan")),
             "Wall time (min)": (time.time() - t_start) / 60,
-            "Peak memory (MiB)": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0}])
+            "Peak memory (MiB)": trainer.peak_memory_mib}])
     compute_cleanup()
     return rc
 

@@ -5,7 +5,6 @@ import os
 import time
 from dataclasses import asdict
 
-import torch
 
 from nanochat.checkpoint import STAGE_DIRS, find_largest_model, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
@@ -108,7 +107,7 @@ def main(argv=None):
             "Number of iterations": num_iterations, "Minimum validation bpb": trainer.state.min_val_bpb,
             "Training time (min)": trainer.state.total_training_time / 60,
             "Wall time (min)": (time.time() - t_start) / 60,
-            "Peak memory (MiB)": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0}])
+            "Peak memory (MiB)": trainer.peak_memory_mib}])
     compute_cleanup()
     return rc
 

@@ -1,6 +1,5 @@
 """base_train end to end on CPU: log lines, learning, grad-accum invariance, exact resume, OOM, SIGTERM, SIGKILL,
 torchrun/Gloo vs. a single process, and bad input (one line, exit 2, nothing deleted)."""
-import json
 import os
 import random
 import re

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from nanotui.runtime import procs
 from nanotui.runtime.control import ControlClient

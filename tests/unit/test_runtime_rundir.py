@@ -1,6 +1,5 @@
 """Run directory: creation, atomic state, events, GPU samples tail, lookup of runs."""
 import fcntl
-import json
 import os
 import stat
 
