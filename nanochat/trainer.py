@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from nanochat.checkpoint import (CheckpointError, check_model_tag, checkpoint_dir, load_checkpoint,
-                                 resolve_resume_step, save_checkpoint, update_meta)
+from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, check_model_tag, check_run_id,
+                                 checkpoint_dir, is_disk_full, load_checkpoint, plan_resume, read_meta, run_id_from,
+                                 save_checkpoint, update_meta)
 from nanochat.common import UsageError, compute_mfu, format_mfu, get_dist_info, get_peak_flops, print0
 from nanochat.optim import get_muon_momentum
 
-EXIT_OK, EXIT_USAGE, EXIT_OOM, EXIT_STOPPED = 0, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 4  # EXIT_FAILED also = disk full
 FAULT_OOM_ENV = "NANOCHAT_FAULT_OOM_ABOVE_BS"        # raise torch.OutOfMemoryError in forward when B > K
 FAULT_OOM_STEP_ENV = "NANOCHAT_FAULT_OOM_FROM_STEP"  # ... but only from this step on (default 0)
 CUDA_MEMORY_CAP_ENV = "NANOCHAT_CUDA_MEMORY_CAP_GIB"  # cap this process's CUDA memory (emulate a smaller card)
@@ -113,12 +114,12 @@ def add_training_flags(parser, **defaults):
     """Add the flags every training stage shares; keyword arguments override their defaults.
 
     --run, --device_type, --device_batch_size, --max_seq_len, --total_batch_size, --num_iterations, --grad_clip,
-    --save_every, --keep_last, --resume_from_step, --model_tag, --eval_every, --eval_tokens, and the hidden
+    --save_every, --keep_last, --resume_from_step, --model_tag, --run_id, --eval_every, --eval_tokens, and the hidden
     --data_lanes (one process reads W data lanes: the single-process twin of a W-rank run).
     """
     d = dict(run="dummy", device_type="", device_batch_size=32, max_seq_len=2048, total_batch_size=524288,
              num_iterations=-1, grad_clip=1.0, save_every=500, keep_last=3, resume_from_step=None, model_tag=None,
-             eval_every=250, eval_tokens=20 * 524288, data_lanes=1)
+             eval_every=250, eval_tokens=20 * 524288, data_lanes=1, run_id=None)
     unknown = set(defaults) - set(d)
     if unknown:
         raise ValueError(f"unknown training flag defaults: {sorted(unknown)}")
@@ -141,6 +142,8 @@ def add_training_flags(parser, **defaults):
     p.add_argument("--resume_from_step", type=resume_flag, default=d["resume_from_step"],
                    help="resume from this checkpoint step, or 'latest'")
     p.add_argument("--model_tag", type=check_model_tag, default=d["model_tag"], help="checkpoint directory name")
+    p.add_argument("--run_id", type=check_run_id, default=d["run_id"],
+                   help="lineage id written into every checkpoint (default: $NANOCHAT_RUN_ID, else a new one)")
     p.add_argument("--eval_every", type=int_or_disabled, default=d["eval_every"],
                    help="evaluate every N steps (-1: off)")
     p.add_argument("--eval_tokens", type=positive_int, default=d["eval_tokens"], help="tokens per evaluation")
@@ -268,6 +271,30 @@ class _Stopped(Exception):
     pass
 
 
+class _DiskFull(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+_UNPRINTABLE = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def printable_sample(text: str) -> str:
+    """A model sample as ONE log line: backslash, newlines, carriage returns, escape sequences and every other
+    control or line/paragraph-separator character are escaped, so a sample can never fake a log line."""
+    import unicodedata
+    out = []
+    for ch in text:
+        if ch in _UNPRINTABLE:
+            out.append(_UNPRINTABLE[ch])
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 class _OutOfMemory(Exception):
     def __init__(self, message):
         super().__init__(message)
@@ -279,16 +306,24 @@ def _one_line(exc, limit=300):
 
 
 class StopSignals:
-    """SIGTERM/SIGINT set a flag the loop polls; a second signal falls back to the default action (dies)."""
+    """SIGTERM/SIGINT set a flag the loop polls (the stop checkpoint follows); further ones are logged on stderr
+    and ignored, so a logout's SIGTERM to the process group plus the supervisor's own cannot kill the checkpoint
+    (only SIGKILL can). Once a stop was requested the handler stays installed until the process exits."""
 
     def __init__(self):
         self.received = None
         self._previous = {}
 
     def _handler(self, signum, frame):
-        self.received = signal.Signals(signum).name
-        for sig, prev in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL)
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = name
+            return
+        try:  # os.write, not print: a handler may run in the middle of a print to the same stream
+            os.write(2, f"Ignoring {name}: already stopping on {self.received} (writing the stop checkpoint; only "
+                        f"SIGKILL ends it sooner)\n".encode())
+        except OSError:
+            pass
 
     def __enter__(self):
         import threading
@@ -298,8 +333,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
-        for sig, prev in self._previous.items():
-            signal.signal(sig, prev)
+        if self.received is None:  # after a stop, keep ignoring repeats until the process is gone
+            for sig, prev in self._previous.items():
+                signal.signal(sig, prev)
         self._previous = {}
         return False
 
@@ -441,6 +477,9 @@ class Trainer:
         self.evals_done_at_start = False
         self.current_val_bpb = None  # measured at the current step (goes into that step's meta)
         self.signals = None
+        self.run_id = None           # this stage's lineage id (set in setup: flag, env, resumed checkpoint or new)
+        self.init_run_id = run_id_from(getattr(args, "run_id", None))
+        self._lock = None            # CheckpointLock on the checkpoint directory (rank 0), held for the stage
         self._phase = "setup"
         self._snapshot = None        # (step, loader state, rng) at the start of the step in flight
 
@@ -500,10 +539,38 @@ class Trainer:
             raise UsageError(f"checkpoint directory {self.ckpt_dir} is not writable ({exc.strerror or exc}); "
                              f"set NANOCHAT_BASE_DIR to a writable directory")
 
+    def _plan_lineage(self):
+        """Rank 0 decides the start step and lineage (checkpoint.plan_resume) and, under the lock, moves other
+        lineages' (and abandoned) steps aside; the other ranks receive the decision. Returns the start step."""
+        requested = getattr(self.args, "resume_from_step", None)
+        decision = None
+        if self.master:
+            try:
+                plan = plan_resume(self.ckpt_dir, requested, self.init_run_id)
+                if plan.step is not None:  # refuse an incompatible checkpoint before anything is moved
+                    self._check_compatible(read_meta(self.ckpt_dir, plan.step), plan.step)
+                if plan.continued:
+                    print0(f"Continuing run {plan.run_id} from its checkpoint step {plan.step} in {self.ckpt_dir}")
+                if self.save_checkpoints:
+                    apply_plan(self.ckpt_dir, plan)
+                decision = {"run_id": plan.run_id, "step": plan.step}
+            except UsageError as exc:
+                decision = {"error": str(exc)}
+        if self.ddp:
+            box = [decision]
+            dist.broadcast_object_list(box, src=0)
+            decision = box[0]
+        if "error" in decision:
+            raise UsageError(decision["error"])
+        self.run_id = decision["run_id"]
+        if self._lock is not None:
+            self._lock.update(self.run_id)
+        return decision["step"]
+
     def _resume(self):
         """Restore model, optimizers, loop state, RNG, data position and W&B id; returns this rank's loader state."""
         requested = getattr(self.args, "resume_from_step", None)
-        step = resolve_resume_step(self.ckpt_dir, requested)
+        step = self._plan_lineage()
         if step is None:
             if requested == "latest":
                 print0(f"No checkpoint to resume from in {self.ckpt_dir}; starting fresh")
@@ -589,7 +656,7 @@ class Trainer:
             "grad_accum_steps": self.grad_accum_steps, "num_iterations": self.num_iterations,
             "data_lanes": self.lanes, "val_bpb": None, "evals_done": False, "reason": reason,
             "loop_state": self.state.to_json(), "loader_states": loader_states, "rng": rng_states,
-            "wandb_run_id": self.wandb_run_id,
+            "wandb_run_id": self.wandb_run_id, "run_id": self.run_id,
         })
         return meta
 
@@ -605,8 +672,13 @@ class Trainer:
         meta = self._meta_for(step, loader_state, rng_state, reason)
         model_state = self.model.state_dict() if self.master else None
         optim_states = [opt.state_dict() for opt in self.optimizers]
-        save_checkpoint(self.ckpt_dir, step, model_state, optim_states, meta, rank=self.rank,
-                        world_size=self.world_size, keep_last=self.keep_last)
+        try:
+            save_checkpoint(self.ckpt_dir, step, model_state, optim_states, meta, rank=self.rank,
+                            world_size=self.world_size, keep_last=self.keep_last)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise _DiskFull(f"{exc.strerror or exc} while writing checkpoint step {step:06d} to {self.ckpt_dir}")
         self.last_saved_step = step
         self._phase = phase
 
@@ -619,7 +691,7 @@ class Trainer:
             try:
                 update_meta(self.ckpt_dir, step, {"val_bpb": self.current_val_bpb, "evals_done": True,
                                                   "loop_state": self.state.to_json()})
-            except CheckpointError as exc:
+            except (CheckpointError, OSError) as exc:  # e.g. disk full: the step stays valid without the eval
                 print(f"warning: could not record evaluations in checkpoint step {step}: {exc}", file=sys.stderr)
 
     # ---- one optimizer step ----------------------------------------------------------------------------------------
@@ -743,6 +815,8 @@ class Trainer:
         if self.loader is not None:
             return
         self._check_ckpt_dir_writable()
+        if self.master and self.save_checkpoints:  # one trainer per checkpoint directory, for the whole stage
+            self._lock = CheckpointLock(self.ckpt_dir, self.init_run_id).acquire()
         loader_state = self._resume()
         self.loader = self.make_train_loader(loader_state)
         self._init_wandb()
@@ -764,6 +838,8 @@ class Trainer:
                     outcome = ("oom", exc.message, True)
                 except _Stopped:
                     outcome = ("stop", None, True)
+                except _DiskFull:
+                    raise
                 except Exception as exc:
                     if not is_oom_error(exc):
                         raise
@@ -776,15 +852,22 @@ class Trainer:
                 if kind == "oom":
                     return self._on_oom(message, consistent=consistent)
                 return self._on_stop()
+            except _DiskFull as exc:
+                return self._on_disk_full(exc.message)
             finally:
                 self.wandb_run.finish()
+                if self._lock is not None:
+                    self._lock.release()
 
     def _loop(self) -> int:
         step = self.step
+        if step > self.num_iterations:  # e.g. num_iterations lowered since: the stage is complete, never loop on
+            print0(f"Checkpoint step {step} is past num_iterations={self.num_iterations}: nothing left to train; "
+                   f"finishing the stage")
         while True:
             self.step = step
             self._phase = "boundary"
-            last = step == self.num_iterations
+            last = step >= self.num_iterations
             due = last or (self.save_every and step % self.save_every == 0 and step > 0)
             if due and self.last_saved_step != step:
                 self.current_val_bpb = None
@@ -849,6 +932,13 @@ class Trainer:
         print0(f"OOM: CUDA out of memory at device_batch_size={self.B}, step {step + 1}; {where}")
         print(f"torch.OutOfMemoryError: {message}", file=sys.stderr, flush=True)
         return EXIT_OOM
+
+    def _on_disk_full(self, message):
+        """ENOSPC/EDQUOT while checkpointing: the save removed its own files, older steps stay valid; one line, exit 1."""
+        prev = self.last_saved_step
+        kept = f"checkpoint step {prev:06d} is intact" if prev is not None else "no earlier checkpoint of this run"
+        print0(f"Disk full: {message}; {kept}; free space and resume with --resume_from_step=latest")
+        return EXIT_FAILED
 
     def _on_stop(self):
         """Checkpoint the last completed step (the step in flight was abandoned before touching weights), exit 4."""

@@ -2,7 +2,7 @@
 bundle is unavailable or with --demo), and greedy samples from fixed prompts. Writes two report sections."""
 import time
 
-from nanochat.checkpoint import load_model
+from nanochat.checkpoint import check_run_id, load_model, run_id_from
 from nanochat.common import ArgumentParser, compute_cleanup, compute_init, print0, run_main
 from nanochat.core_eval import EvalBundleUnavailable, download_eval_bundle, evaluate_core
 from nanochat.dataloader import DataLoader
@@ -10,7 +10,7 @@ from nanochat.engine import Engine
 from nanochat.loss_eval import evaluate_bpb_budget
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes
-from nanochat.trainer import nonnegative_int, positive_int
+from nanochat.trainer import nonnegative_int, positive_int, printable_sample
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -21,6 +21,8 @@ def build_parser():
     p = ArgumentParser(prog="python -m nanochat.scripts.base_eval", description=__doc__)
     p.add_argument("--model_tag", default=None)
     p.add_argument("--step", type=nonnegative_int, default=None)
+    p.add_argument("--run_id", type=check_run_id, default=None,
+                   help="evaluate this run's newest checkpoint (default: $NANOCHAT_RUN_ID; unset: the newest of any)")
     p.add_argument("--demo", action="store_true", help="small token budget, CORE skipped (offline demo)")
     p.add_argument("--eval_tokens", type=positive_int, default=None,
                    help="tokens per split for bpb (default 20 x 524,288)")
@@ -36,7 +38,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     t0 = time.time()
     ddp, rank, _, world_size, device = compute_init(args.device_type or None)
-    model, tokenizer, meta = load_model("base", device, phase="eval", model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta = load_model("base", device, phase="eval", model_tag=args.model_tag, step=args.step,
+                                        run_id=run_id_from(args.run_id))
     T = model.config.sequence_len
     B = args.device_batch_size or (8 if args.demo else 32)
     eval_tokens = args.eval_tokens or (16 * B * T if args.demo else 20 * 524288)
@@ -53,7 +56,7 @@ def main(argv=None):
         ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
         out, _ = engine.generate_batch(ids, num_samples=1, max_tokens=16, temperature=0.0)
         samples.append(tokenizer.decode(out[0][1:]))
-        print0(samples[-1].replace("\n", " "))
+        print0(printable_sample(samples[-1]))
     get_report().log("Base model loss", [{"train bpb": bpb["train"], "val bpb": bpb["val"],
                                           "eval tokens per split": eval_tokens},
                                          "Greedy samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)])

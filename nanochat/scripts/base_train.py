@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from nanochat.common import (UsageError, autodetect_device_type, compute_cleanup, compute_init,  # noqa: E402
                              print0, run_main)
 from nanochat.trainer import (FlagParser, Trainer, add_training_flags, compute_grad_accum, float_flag,  # noqa: E402
-                              exit_3_on_startup_oom, int_or_disabled, positive_int)
+                              exit_3_on_startup_oom, int_or_disabled, positive_int, printable_sample)
 
 SAMPLE_PROMPTS = [
     "The capital of France is",
@@ -151,7 +151,7 @@ def make_sample_evaluator(args, tokenizer):
                 tokens = tokenizer.encode(prompt, prepend="<|bos|>")
                 with trainer.autocast():
                     generated = list(model.generate(tokens, max_tokens=16, temperature=0))
-                print0(tokenizer.decode(tokens + generated))
+                print0(printable_sample(tokenizer.decode(tokens + generated)))
         finally:
             model.train()
     return evaluate
@@ -181,9 +181,9 @@ def main(argv=None):
         tokenizer = get_tokenizer()
         token_bytes = get_token_bytes(device=device)
         model_tag = args.model_tag or f"d{args.depth}"
-        if args.resume_from_step not in (None, "latest"):
-            from nanochat.checkpoint import checkpoint_dir, resolve_resume_step
-            resolve_resume_step(checkpoint_dir("base", model_tag), args.resume_from_step)
+        if args.resume_from_step not in (None, "latest"):  # a bad step fails before the model is built
+            from nanochat.checkpoint import checkpoint_dir, plan_resume, run_id_from
+            plan_resume(checkpoint_dir("base", model_tag), args.resume_from_step, run_id_from(args.run_id))
 
         vocab_size = tokenizer.get_vocab_size()
         print0(f"Vocab size: {vocab_size:,}")

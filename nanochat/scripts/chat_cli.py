@@ -1,7 +1,7 @@
 """Chat with a trained model in the terminal: `-p PROMPT` answers once, otherwise an interactive conversation
 (`quit` or Ctrl-D leaves, `clear` starts over). Uses the KV-cache engine with the calculator tool."""
 
-from nanochat.checkpoint import load_model
+from nanochat.checkpoint import check_run_id, load_model, run_id_from
 from nanochat.common import ArgumentParser, UsageError, compute_init, run_main
 from nanochat.engine import Engine
 from nanochat.trainer import nonnegative_float, nonnegative_int, positive_int
@@ -12,6 +12,8 @@ def build_parser():
     p.add_argument("-i", "--source", choices=["sft", "mid"], default="sft", help="which chat model")
     p.add_argument("-g", "--model_tag", "--model-tag", dest="model_tag", default=None)
     p.add_argument("-s", "--step", type=nonnegative_int, default=None)
+    p.add_argument("--run_id", type=check_run_id, default=None,
+                   help="chat with this run's newest checkpoint (default: $NANOCHAT_RUN_ID; unset: the newest of any)")
     p.add_argument("-p", "--prompt", default=None, help="answer this prompt once and exit")
     p.add_argument("-t", "--temperature", type=nonnegative_float, default=0.6, help="0 = greedy")
     p.add_argument("-k", "--top_k", type=positive_int, default=50)
@@ -48,7 +50,8 @@ def main(argv=None):
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("-p needs a non-empty prompt, e.g. -p 'Why is the sky blue?' (leave -p out to chat)")
     _, _, _, _, device = compute_init(args.device_type or None)
-    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step)
+    model, tokenizer, meta = load_model(args.source, device, phase="eval", model_tag=args.model_tag, step=args.step,
+                                        run_id=run_id_from(args.run_id))
     engine = Engine(model, tokenizer)
     sp = tokenizer.encode_special
     start = [tokenizer.get_bos_token_id()]

@@ -3,7 +3,7 @@ in the sandbox), and ChatCORE (mean accuracy centred on each task's random basel
 import torch
 import torch.distributed as dist
 
-from nanochat.checkpoint import load_model
+from nanochat.checkpoint import check_run_id, load_model, run_id_from
 from nanochat.common import ArgumentParser, UsageError, compute_cleanup, compute_init, print0, run_main
 from nanochat.engine import Engine
 from nanochat.report import get_report
@@ -76,6 +76,8 @@ def build_parser():
     p.add_argument("-a", "--task_name", default=None, help="tasks separated by | (default: all)")
     p.add_argument("--model_tag", default=None)
     p.add_argument("--step", type=nonnegative_int, default=None)
+    p.add_argument("--run_id", type=check_run_id, default=None,
+                   help="evaluate this run's newest checkpoint (default: $NANOCHAT_RUN_ID; unset: the newest of any)")
     p.add_argument("--demo", action="store_true", help="evaluate the offline synthetic tasks")
     p.add_argument("--max_problems", type=positive_int, default=None, help="at most this many problems per task")
     p.add_argument("--batch_size", type=positive_int, default=8, help="batch of the categorical (letter) evaluation")
@@ -92,7 +94,7 @@ def main(argv=None):
     args = vars(args)
     ddp, rank, _, world_size, device = compute_init(args["device_type"] or None)
     model, tokenizer, meta = load_model(args["source"], device, phase="eval", model_tag=args["model_tag"],
-                                        step=args["step"])
+                                        step=args["step"], run_id=run_id_from(args["run_id"]))
     engine = Engine(model, tokenizer)
     if args["demo"]:
         from nanochat.tasks.demo import DEMO_EVAL_TASK_NAMES

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import torch
 
-from nanochat.checkpoint import STAGE_DIRS, find_largest_model, load_model
+from nanochat.checkpoint import STAGE_DIRS, check_run_id, find_largest_model, load_model, run_id_from
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
 from nanochat.report import get_report
 from nanochat.scripts.mid_train import scale_initial_lr
@@ -22,6 +22,8 @@ def build_parser():
                        eval_every=None, eval_tokens=1, save_every=500)
     p.add_argument("--demo", action="store_true", help="offline synthetic mixture (no download)")
     p.add_argument("--source", choices=["mid", "base"], default="mid", help="checkpoint stage to start from")
+    p.add_argument("--source_run_id", type=check_run_id, default=None,
+                   help="load the source checkpoint of this run (default: this run's own id, when it has one)")
     p.add_argument("--source_step", type=positive_int, default=None)
     p.add_argument("--target_examples_per_step", type=positive_int, default=32,
                    help="conversations per optimizer step (all ranks together)")
@@ -60,9 +62,12 @@ def main(argv=None):
     if args.eval_steps is None:
         args.eval_steps = 4 if args.demo else 100
     model_tag = args.model_tag or find_largest_model(os.path.join(get_base_dir(), STAGE_DIRS[args.source]))
+    source_run_id = args.source_run_id or run_id_from(args.run_id)  # this run's source model unless told otherwise
     model, tokenizer, source_meta = load_model(args.source, device, phase="train", model_tag=model_tag,
-                                               step=args.source_step)
-    print0(f"Loaded {args.source} model {model_tag} step {source_meta.get('step')}")
+                                               step=args.source_step, run_id=source_run_id,
+                                               purpose_flags=("--source_run_id", "--source_step"))
+    print0(f"Loaded {args.source} model {model_tag} step {source_meta.get('step')}"
+           + (f" of run {source_meta['run_id']}" if source_meta.get("run_id") else ""))
     print0(f"Vocab size: {tokenizer.get_vocab_size():,}")
     print0(f"Number of parameters: {model.num_params():,}")
     train_set, val_set = sft_mixture("train", args.demo), sft_mixture("test", args.demo)
@@ -100,7 +105,9 @@ def main(argv=None):
         make_train_loader=make_loader, num_iterations=num_iterations,
         lr_multiplier=sft_lr_multiplier(num_iterations), flops_per_token=None, evaluators=[evaluate],
         meta={"model_config": asdict(model.config), "source": {"stage": args.source,
-                                                                 "step": source_meta.get("step")}},
+                                                                 "step": source_meta.get("step")},
+              "init_from": {"stage": args.source, "model_tag": model_tag, "step": source_meta.get("step"),
+                            "run_id": source_meta.get("run_id")}},
         user_config=vars(args), log_style="sft", compile_model=False, grad_accum_steps=accum)
     # the trainer averages micro-batch losses; SFT normalises by the step's count of valid targets instead
     trainer.forward_model = masked_sum_loss(model, lambda: trainer.loader, accum, world_size)

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 
 
-from nanochat.checkpoint import STAGE_DIRS, find_largest_model, load_model
+from nanochat.checkpoint import STAGE_DIRS, check_run_id, find_largest_model, load_model, run_id_from
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
 from nanochat.loss_eval import evaluate_bpb_budget
 from nanochat.optim import get_lr_multiplier
@@ -26,6 +26,8 @@ def build_parser():
     add_training_flags(p, device_batch_size=32, max_seq_len=2048, total_batch_size=524288, num_iterations=-1,
                        eval_every=None, eval_tokens=None, save_every=500)
     p.add_argument("--demo", action="store_true", help="offline synthetic mixture (no download)")
+    p.add_argument("--source_run_id", type=check_run_id, default=None,
+                   help="load the source checkpoint of this run (default: this run's own id, when it has one)")
     p.add_argument("--source_step", type=positive_int, default=None, help="base checkpoint step (default: newest)")
     p.add_argument("--unembedding_lr", type=float_flag, default=0.004)
     p.add_argument("--embedding_lr", type=float_flag, default=0.2)
@@ -60,9 +62,12 @@ def main(argv=None):
     if args.eval_tokens is None:
         args.eval_tokens = DEMO_EVAL_TOKENS if args.demo else 20 * 524288
     model_tag = args.model_tag or find_largest_model(os.path.join(get_base_dir(), STAGE_DIRS["base"]))
+    source_run_id = args.source_run_id or run_id_from(args.run_id)  # this run's base model unless told otherwise
     model, tokenizer, base_meta = load_model("base", device, phase="train", model_tag=model_tag,
-                                             step=args.source_step)
-    print0(f"Loaded base model {model_tag} step {base_meta.get('step')}")
+                                             step=args.source_step, run_id=source_run_id,
+                                             purpose_flags=("--source_run_id", "--source_step"))
+    print0(f"Loaded base model {model_tag} step {base_meta.get('step')}"
+           + (f" of run {base_meta['run_id']}" if base_meta.get("run_id") else ""))
     print0(f"Vocab size: {tokenizer.get_vocab_size():,}")
     print0(f"Number of parameters: {model.num_params():,}")
     train_set, val_set = mid_mixture("train", args.demo), mid_mixture("test", args.demo)
@@ -99,7 +104,9 @@ def main(argv=None):
         make_train_loader=make_loader, num_iterations=num_iterations,
         lr_multiplier=lambda it: get_lr_multiplier(it, num_iterations, warmdown_ratio=0.2),
         flops_per_token=model.estimate_flops(), evaluators=[evaluate],
-        meta={"model_config": asdict(model.config), "source": {"stage": "base", "step": base_meta.get("step")}},
+        meta={"model_config": asdict(model.config), "source": {"stage": "base", "step": base_meta.get("step")},
+              "init_from": {"stage": "base", "model_tag": model_tag, "step": base_meta.get("step"),
+                            "run_id": base_meta.get("run_id")}},
         user_config=vars(args), log_style="base")
     rc = trainer.run()
     if rc == EXIT_OK:
