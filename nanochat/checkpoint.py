@@ -503,8 +503,20 @@ def _dist_ready(world_size: int) -> bool:
     return world_size > 1 and dist.is_available() and dist.is_initialized()
 
 
+def disk_full_error(exc):
+    """The ENOSPC/EDQUOT OSError behind `exc` (itself or anywhere in its cause/context chain: torch.save turns it
+    into a RuntimeError of its zip writer), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def is_disk_full(exc) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return disk_full_error(exc) is not None
 
 
 def _invalidate(ckpt_dir: str, step: int):

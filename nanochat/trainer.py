@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, check_model_tag, check_run_id,
-                                 checkpoint_dir, is_disk_full, load_checkpoint, plan_resume, read_meta, run_id_from,
+                                 checkpoint_dir, disk_full_error, load_checkpoint, plan_resume, read_meta, run_id_from,
                                  save_checkpoint, update_meta)
 from nanochat.common import UsageError, compute_mfu, format_mfu, get_dist_info, get_peak_flops, print0
 from nanochat.optim import get_muon_momentum
@@ -675,10 +675,11 @@ class Trainer:
         try:
             save_checkpoint(self.ckpt_dir, step, model_state, optim_states, meta, rank=self.rank,
                             world_size=self.world_size, keep_last=self.keep_last)
-        except OSError as exc:
-            if not is_disk_full(exc):
+        except Exception as exc:
+            full = disk_full_error(exc)
+            if full is None:
                 raise
-            raise _DiskFull(f"{exc.strerror or exc} while writing checkpoint step {step:06d} to {self.ckpt_dir}")
+            raise _DiskFull(f"{full.strerror or full} while writing checkpoint step {step:06d} to {self.ckpt_dir}")
         self.last_saved_step = step
         self._phase = phase
 

@@ -451,3 +451,186 @@ def test_cli_accepts_dashes_and_spaces_and_rejects_in_a_real_process(train_dir):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "valid device batch sizes" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# run lineage: a run never resumes from, loads or prunes another run's checkpoints
+
+def _files(d):
+    return {n: (d / n).read_bytes() for n in sorted(os.listdir(d)) if not n.startswith(".")}
+
+
+def test_second_run_never_resumes_or_prunes_the_first_runs_checkpoints(train_dir, capsys, monkeypatch):
+    """The issue's end-to-end case: run A trained to the end; run B (same tag, its own run id) OOMs and falls back
+    with --resume_from_step=latest. B must start fresh, resume from its OWN emergency checkpoint, keep A's steps
+    (moved aside, readable with --model_tag=t.run-A) and prune only its own."""
+    monkeypatch.setenv("NANOCHAT_RUN_ID", "run-A")
+    rc, _, _ = train(capsys, iters=8, save_every=4)
+    assert rc == 0
+    a_files = _files(ckpt_dir(train_dir))
+
+    monkeypatch.setenv("NANOCHAT_RUN_ID", "run-B")
+    monkeypatch.setenv("NANOCHAT_FAULT_OOM_ABOVE_BS", "2")
+    monkeypatch.setenv("NANOCHAT_FAULT_OOM_FROM_STEP", "5")
+    rc, lines, _ = train(capsys, "--resume_from_step=latest", iters=12, save_every=2)
+    assert rc == 3
+    aside = train_dir / "base_checkpoints" / f"{TAG}.run-run-A"
+    assert f"Checkpoints moved aside: steps 4..8 (2) of run run-A (not this run run-B) -> {aside}; use them with " \
+           f"--model_tag={TAG}.run-run-A" in lines
+    assert f"No checkpoint to resume from in {ckpt_dir(train_dir)}; starting fresh" in lines
+    assert min(step_losses(lines)) == 0
+    assert "OOM: CUDA out of memory at device_batch_size=4, step 6; emergency checkpoint: step 000005" in lines
+
+    monkeypatch.delenv("NANOCHAT_FAULT_OOM_ABOVE_BS")
+    rc, lines, _ = train(capsys, "--resume_from_step=latest", bs=2, iters=12, save_every=2)
+    assert rc == 0
+    assert "Resuming optimization from step 5 (device batch size 2, gradient accumulation steps 4)" in lines
+    assert sorted(step_losses(lines)) == list(range(5, 12))
+    d = str(ckpt_dir(train_dir))
+    assert ck.list_valid_steps(d) == [8, 10, 12]                       # B's newest 3 (keep_last=3) ...
+    assert {ck.step_run_id(d, s) for s in ck.list_valid_steps(d)} == {"run-B"}
+    assert _files(aside) == a_files                                     # ... and A's, moved byte for byte
+    assert ck.list_valid_steps(str(aside)) == [4, 8]
+    meta = ck.validate_step(d, 12)
+    assert meta["run_id"] == "run-B"
+
+
+def test_resume_at_or_past_the_end_finishes_at_once(train_dir, capsys):
+    rc, _, _ = train(capsys, iters=6, save_every=3)
+    assert rc == 0
+    rc, lines, _ = train(capsys, "--resume_from_step=latest", iters=6, save_every=3)
+    assert rc == 0 and not step_losses(lines)
+    assert any(line.startswith("Resuming optimization from step 6 ") for line in lines)
+    # num_iterations lowered below the checkpoint: today's main trains forever (`step 00006/00004 (150.00%)`)
+    proc = spawn("--device_batch_size=4", "--total_batch_size=256", "--num_iterations=4", "--save_every=3",
+                 "--resume_from_step=latest")
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert re.search(r"^Resuming optimization from step 6 ", out, re.M)
+    assert "Checkpoint step 6 is past num_iterations=4: nothing left to train; finishing the stage" in out
+    assert not re.search(r"^step \d+/", out, re.M)
+    assert re.search(r"^Total training time: ", out, re.M)
+    assert ck.find_latest_step(str(ckpt_dir(train_dir))) == 6
+
+
+def test_resume_to_an_older_step_hides_the_later_ones_from_latest(train_dir, capsys, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_RUN_ID", "run-A")
+    rc, _, _ = train(capsys, "--keep_last=0", iters=6, save_every=2)
+    assert rc == 0
+    later = {n: b for n, b in _files(ckpt_dir(train_dir)).items() if "000004" in n or "000006" in n}
+    monkeypatch.setenv("NANOCHAT_FAULT_OOM_ABOVE_BS", "2")
+    monkeypatch.setenv("NANOCHAT_FAULT_OOM_FROM_STEP", "3")
+    rc, lines, _ = train(capsys, "--keep_last=0", "--resume_from_step=2", iters=6, save_every=2)
+    assert rc == 3  # an OOM right after resuming at step 2: the fallback will ask for `latest`
+    abandoned = train_dir / "base_checkpoints" / f"{TAG}.run-run-A.abandoned"
+    assert f"Checkpoints moved aside: steps 4..6 (2) of run run-A (abandoned by resuming run run-A from step 2) -> " \
+           f"{abandoned}; use them with --model_tag={TAG}.run-run-A.abandoned" in lines
+    assert _files(abandoned) == later
+    plan = ck.plan_resume(str(ckpt_dir(train_dir)), "latest", "run-A")
+    assert plan.step == 3 and plan.aside == []
+
+
+def test_two_sigterms_and_a_sigint_still_write_the_stop_checkpoint(train_dir):
+    proc = spawn("--device_batch_size=4", "--total_batch_size=256", "--num_iterations=400", "--save_every=1000")
+    try:
+        wait_for_line(proc, r"^step 00002/")
+        proc.send_signal(signal.SIGTERM)   # logout: the whole process group ...
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)   # ... then the supervisor's own
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 4, err
+    m = re.search(r"^Stopped on request \(SIGTERM\) at step (\d+); checkpoint: step (\d{6})$", out, re.M)
+    assert m, out[-1000:]
+    assert ck.find_latest_step(str(ckpt_dir(train_dir))) == int(m.group(1))
+    ck.load_checkpoint(str(ckpt_dir(train_dir)), int(m.group(1)), "cpu")
+    ignored = [line for line in err.splitlines() if line.startswith("Ignoring SIG")]
+    assert ignored and all("already stopping on SIGTERM" in line for line in ignored), err
+
+
+def test_second_trainer_on_the_same_directory_is_refused(train_dir):
+    first = spawn("--device_batch_size=4", "--total_batch_size=256", "--num_iterations=400", "--save_every=2",
+                  "--keep_last=0", env={"NANOCHAT_RUN_ID": "run-A"})
+    try:
+        wait_for_line(first, r"^Checkpoint saved: step 000002")
+        before = _files(ckpt_dir(train_dir))
+        second = subprocess.run([sys.executable, "-m", "nanochat.scripts.base_train", *TINY, "--device_batch_size=4",
+                                 "--total_batch_size=256", "--num_iterations=4"], capture_output=True, text=True,
+                                env=dict(os.environ, NANOCHAT_RUN_ID="run-B"), timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().count("\n") == 0, second.stderr
+        assert second.stderr.startswith(f"error: checkpoint directory {ckpt_dir(train_dir)} is in use by another "
+                                        f"trainer (run run-A, pid {first.pid} on ")
+        after = _files(ckpt_dir(train_dir))
+        # B moved and deleted nothing of A (A itself rewrites its meta once the step's evals are done)
+        assert all(after.get(n) == b for n, b in before.items() if n.endswith(".pt"))
+        assert ck.step_run_id(str(ckpt_dir(train_dir)), 2) == "run-A"
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a full disk during a checkpoint
+
+def _leftovers(d):
+    names = os.listdir(d)
+    committed = {n[5:11] for n in names if n.startswith("meta_")}
+    return [n for n in names if ".tmp." in n or (n.endswith(".pt") and n.split("_")[1][:6] not in committed)]
+
+
+def test_disk_full_during_checkpoint_exits_1_with_one_line(train_dir, capsys, monkeypatch):
+    real = ck._atomic_write
+
+    def atomic_write(path, write_fn):  # the optimizer file of step 4 hits ENOSPC after a few bytes
+        if os.path.basename(path) == "optim_000004_rank0.pt":
+            def failing(f):
+                f.write(b"partial")
+                raise OSError(28, "No space left on device")
+            return real(path, failing)
+        return real(path, write_fn)
+    monkeypatch.setattr(ck, "_atomic_write", atomic_write)
+    rc, lines, err = train(capsys, iters=8, save_every=2)
+    assert rc == 1
+    disk = [line for line in lines if line.startswith("Disk full:")]
+    assert disk == [f"Disk full: No space left on device while writing checkpoint step 000004 to "
+                    f"{ckpt_dir(train_dir)}; checkpoint step 000002 is intact; free space and resume with "
+                    f"--resume_from_step=latest"]
+    assert "Traceback" not in err
+    assert ck.find_latest_step(str(ckpt_dir(train_dir))) == 2
+    assert _leftovers(ckpt_dir(train_dir)) == []
+
+
+def test_disk_full_on_a_real_small_tmpfs(train_dir, capsys, monkeypatch, tmp_path):
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True,
+                           text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {mount.stderr.strip()}")
+    try:
+        base = mnt / "base"
+        base.mkdir()
+        os.symlink(train_dir / "base_data", base / "base_data")
+        shutil.copytree(train_dir / "tokenizer", base / "tokenizer")
+        monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base))
+        rc, lines, err = train(capsys, "--keep_last=0", iters=40, save_every=1)
+        assert rc == 1, (lines[-5:], err[-2000:])
+        (disk,) = [line for line in lines if line.startswith("Disk full:")]
+        d = base / "base_checkpoints" / TAG
+        latest = ck.find_latest_step(str(d))
+        assert latest is not None and latest >= 1
+        assert re.fullmatch(rf"Disk full: No space left on device while writing checkpoint step {latest + 1:06d} to "
+                            rf"{re.escape(str(d))}; checkpoint step {latest:06d} is intact; .*", disk)
+        ck.load_checkpoint(str(d), latest, "cpu")
+        assert _leftovers(d) == []
+        assert "Traceback" not in err
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

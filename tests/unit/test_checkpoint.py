@@ -154,3 +154,74 @@ def test_checkpoint_dir_layout(base_dir):
     assert ck.checkpoint_dir("base", "d4") == str(base_dir / "base_checkpoints" / "d4")
     assert ck.checkpoint_dir("mid", "x") == str(base_dir / "mid_checkpoints" / "x")
     assert ck.checkpoint_dir("sft", "x") == str(base_dir / "chatsft_checkpoints" / "x")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# re-saving a step, and a full disk
+
+def test_resave_crash_between_writes_never_leaves_a_mixed_step_valid(tmp_path):
+    """Re-saving step 20 (same shapes, so the same file sizes): a crash after the new model file and before the new
+    optimizer file must leave step 20 uncommitted, not new weights + old optimizer state under the old meta."""
+    _save(tmp_path, 10)
+    _save(tmp_path, 20)
+    old_sizes = ck.validate_step(str(tmp_path), 20)["files"]
+    new_model = _model_state(99)
+    pid = os.fork()
+    if pid == 0:  # the child re-saves step 20 and "crashes" (os._exit: no cleanup at all) before the optimizer file
+        try:
+            real = ck._write_torch_atomic
+
+            def crash_on_optim(path, obj):
+                if os.path.basename(path).startswith("optim_"):
+                    os._exit(9)
+                return real(path, obj)
+            ck._write_torch_atomic = crash_on_optim
+            ck.save_checkpoint(str(tmp_path), 20, new_model, _optim_state(), {}, keep_last=0, quiet=True)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 9
+    on_disk = torch.load(tmp_path / "model_000020.pt", weights_only=True)
+    assert torch.equal(on_disk["w"], new_model["w"])                               # the new weights are there...
+    assert os.path.getsize(tmp_path / "model_000020.pt") == old_sizes["model_000020.pt"]  # ...with the old size
+    with pytest.raises(ck.CheckpointError, match="missing"):
+        ck.validate_step(str(tmp_path), 20)                                          # ...but step 20 is not valid
+    assert ck.find_latest_step(str(tmp_path)) == 10
+
+
+def _fail_writes(monkeypatch, predicate, errno_=28):
+    """Writes of files whose name matches `predicate` write a few bytes, then fail like a full disk."""
+    real = ck._atomic_write
+
+    def atomic_write(path, write_fn):
+        if predicate(os.path.basename(path)):
+            def failing(f):
+                f.write(b"partial")
+                raise OSError(errno_, os.strerror(errno_))
+            return real(path, failing)
+        return real(path, write_fn)
+    monkeypatch.setattr(ck, "_atomic_write", atomic_write)
+
+
+@pytest.mark.parametrize("victim", ["optim_", "meta_"])
+def test_disk_full_during_save_keeps_previous_step_and_leaves_no_files(tmp_path, monkeypatch, victim):
+    _save(tmp_path, 10)
+    before = sorted(os.listdir(tmp_path))
+    _fail_writes(monkeypatch, lambda name: name.startswith(victim) and "000020" in name)
+    with pytest.raises(OSError) as exc:
+        _save(tmp_path, 20)
+    assert ck.is_disk_full(exc.value)
+    assert sorted(os.listdir(tmp_path)) == before          # no tmp file, no orphan model/optim of step 20
+    assert ck.find_latest_step(str(tmp_path)) == 10
+    ck.load_checkpoint(str(tmp_path), 10, "cpu")
+
+
+def test_disk_full_is_found_behind_torch_save_runtime_error():
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 133312 vs 133264")
+    except RuntimeError as exc:
+        assert ck.disk_full_error(exc).errno == 28
+    assert not ck.is_disk_full(RuntimeError("other")) and not ck.is_disk_full(OSError(13, "Permission denied"))
