@@ -114,3 +114,41 @@ def test_exact_resume_after_sigkill_and_oom(stage, base_dir, tmp_path, monkeypat
     for name in a:
         diff = (a[name].float() - b[name].float()).norm() / (a[name].float().norm() + 1e-12)
         assert diff < 1e-3, (name, diff.item())
+
+
+def _base_of_run(base_dir, run_id, step=3):
+    """The fixture's base model re-committed as `step` of lineage `run_id` (step 0 stays, without run id)."""
+    from nanochat import checkpoint as ck
+    make_base_checkpoint(base_dir)
+    d = str(base_dir / "base_checkpoints" / "demo")
+    state, _, meta = ck.load_checkpoint(d, 0, "cpu", load_optim=False)
+    ck.save_checkpoint(d, step, state, None, {"model_config": meta["model_config"], "stage": "base",
+                                              "run_id": run_id}, quiet=True)
+    return d
+
+
+def test_later_stages_load_this_runs_model_or_say_how_to_load_another(base_dir):
+    from nanochat import checkpoint as ck
+    d = _base_of_run(base_dir, "run-A")
+    env = dict(ENV, NANOCHAT_RUN_ID="run-B")
+    out = run_stage(*MID, "--num_iterations=2", "--save_every=-1", env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"error: no base checkpoint of run run-B in {d}; it holds run run-A (newest: step 3); "
+                                  f"to use that one on purpose pass --source_run_id=run-A or --source_step=3")
+    out = run_stage("nanochat.scripts.base_eval", "--model_tag=demo", "--demo", "--device_type=cpu", env=env)
+    assert out.returncode == 2 and "pass --run_id=run-A or --step=3" in out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert not (base_dir / "mid_checkpoints").exists()
+
+    out = run_stage(*MID, "--num_iterations=2", "--save_every=-1", "--source_run_id=run-A", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Loaded base model demo step 3 of run run-A" in out.stdout
+    meta = ck.validate_step(str(base_dir / "mid_checkpoints" / "demo"), 2)
+    assert meta["run_id"] == "run-B"
+    assert meta["init_from"] == {"stage": "base", "model_tag": "demo", "step": 3, "run_id": "run-A"}
+
+    out = run_stage(*SFT, "--num_iterations=1", "--save_every=-1", "--source=mid", "--device_batch_size=2", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Loaded mid model demo step 2 of run run-B" in out.stdout  # this run's own mid model, no flag needed
+    meta = ck.validate_step(str(base_dir / "chatsft_checkpoints" / "demo"), 1)
+    assert meta["run_id"] == "run-B" and meta["init_from"]["run_id"] == "run-B"
