@@ -8,6 +8,8 @@
 # Overrides (environment): NPROC_PER_NODE (1), DEVICE_BS (4 for base and mid; SFT uses SFT_BS, default 2),
 #   SEQ_LEN (1024 for base and mid), WANDB_RUN (dummy = no W&B), NANOCHAT_BASE_DIR (~/.cache/nanochat),
 #   PROFILE=cpu-demo: the offline demo pipeline on a laptop CPU in about ten minutes (no download, no GPU).
+#   NANOCHAT_RUN_ID (new for each invocation): the lineage id every stage writes into its checkpoints, so the later
+#   stages load THIS run's models; resuming a stage of an earlier invocation needs that invocation's id.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,6 +17,8 @@ PY=${PYTHON:-python}
 PROFILE=${PROFILE:-4090}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
 export PYTHONUNBUFFERED=1
+export NANOCHAT_RUN_ID=${NANOCHAT_RUN_ID:-speedrun-$(date -u +%Y%m%d-%H%M%S)-$$}
+echo "run id: $NANOCHAT_RUN_ID (checkpoints of other runs with the same model tag are moved aside, never mixed)"
 mkdir -p "$NANOCHAT_BASE_DIR"
 
 NPROC_PER_NODE=${NPROC_PER_NODE:-1}

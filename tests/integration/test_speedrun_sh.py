@@ -16,15 +16,18 @@ def run_speedrun(tmp_path, **env_over):
     rec = tmp_path / "recpy"
     rec.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
-        import sys
+        import os, sys
         with open({str(calls)!r}, "a") as f:
             f.write(" ".join(sys.argv[1:]) + "\\n")
+        with open({str(tmp_path / "run_ids.txt")!r}, "a") as f:
+            f.write(os.environ.get("NANOCHAT_RUN_ID", "<unset>") + "\\n")
         """))
     rec.chmod(0o755)
     base = tmp_path / "base"
     (base / "report").mkdir(parents=True)
     (base / "report" / "report.md").write_text("# report\n")
-    env = dict(os.environ, PYTHON=str(rec), NANOCHAT_BASE_DIR=str(base), HOME=str(tmp_path), **env_over)
+    env = {k: v for k, v in os.environ.items() if k != "NANOCHAT_RUN_ID"}
+    env.update(PYTHON=str(rec), NANOCHAT_BASE_DIR=str(base), HOME=str(tmp_path), **env_over)
     script = tmp_path / "speedrun.sh"  # a copy: the script cds to its own folder and leaves report.md there
     script.write_text((REPO / "speedrun.sh").read_text())
     out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
@@ -65,3 +68,18 @@ def test_cpu_demo_profile_runs_the_demo_stages(tmp_path):
     base = next(c for c in calls if c[1] == "nanochat.scripts.base_train")
     assert {"--depth=2", "--device_batch_size=8", "--model_tag=demo", "--run=dummy"} <= set(base)
     assert modules[-1] == "nanochat.report"
+
+
+def _run_ids_of_invocation(tmp_path, name, **env):
+    d = tmp_path / name
+    d.mkdir()
+    run_speedrun(d, **env)
+    return set((d / "run_ids.txt").read_text().split())
+
+
+def test_every_stage_of_one_invocation_shares_one_run_id(tmp_path):
+    (first,) = _run_ids_of_invocation(tmp_path, "a", PROFILE="cpu-demo")
+    assert first.startswith("speedrun-")
+    (second,) = _run_ids_of_invocation(tmp_path, "b", PROFILE="cpu-demo")
+    assert second != first                                                    # a new invocation, a new lineage ...
+    assert _run_ids_of_invocation(tmp_path, "c", NANOCHAT_RUN_ID="mine") == {"mine"}  # ... unless one is named
