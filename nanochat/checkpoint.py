@@ -393,6 +393,19 @@ def set_aside(ckpt_dir: str, steps, label, abandoned: bool) -> str:
     return dest
 
 
+def moved_aside_dirs(ckpt_dir: str, run_id) -> list:
+    """Sibling directories `<tag>.run-<run_id>[.N]` holding valid steps of `run_id`: where another run's start put
+    this run's checkpoints (so a `latest` that finds none here can say where they are)."""
+    parent, tag = os.path.split(os.path.normpath(ckpt_dir))
+    base = f"{tag}.run-{_safe_label(run_id)}"
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return []
+    return [os.path.join(parent, n) for n in names if re.fullmatch(re.escape(base) + r"(\.\d+)?", n)
+            and latest_step_of_run(os.path.join(parent, n), run_id) is not None]
+
+
 def apply_plan(ckpt_dir: str, plan: ResumePlan, quiet: bool = False) -> list:
     """Move the plan's `aside` groups out of `ckpt_dir` (rank 0, under the directory lock); one line each on
     stdout saying where they went and how to use them. Nothing is deleted. Returns the destination directories."""

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, check_model_tag, check_run_id,
-                                 checkpoint_dir, disk_full_error, load_checkpoint, plan_resume, read_meta, run_id_from,
-                                 save_checkpoint, update_meta)
+                                 checkpoint_dir, disk_full_error, load_checkpoint, moved_aside_dirs, plan_resume,
+                                 read_meta, run_id_from, save_checkpoint, update_meta)
 from nanochat.common import UsageError, compute_mfu, format_mfu, get_dist_info, get_peak_flops, print0
 from nanochat.optim import get_muon_momentum
 
@@ -551,6 +551,11 @@ class Trainer:
                     self._check_compatible(read_meta(self.ckpt_dir, plan.step), plan.step)
                 if plan.continued:
                     print0(f"Continuing run {plan.run_id} from its checkpoint step {plan.step} in {self.ckpt_dir}")
+                if plan.step is None and requested == "latest" and self.init_run_id:
+                    for where in moved_aside_dirs(self.ckpt_dir, self.init_run_id):  # e.g. by a standalone run
+                        print0(f"Note: checkpoints of this run {self.init_run_id} were moved aside to {where}; this "
+                               f"start is fresh; to continue them instead, resume with "
+                               f"--model_tag={os.path.basename(where)}")
                 if self.save_checkpoints:
                     apply_plan(self.ckpt_dir, plan)
                 decision = {"run_id": plan.run_id, "step": plan.step}

@@ -494,6 +494,14 @@ def test_second_run_never_resumes_or_prunes_the_first_runs_checkpoints(train_dir
     meta = ck.validate_step(d, 12)
     assert meta["run_id"] == "run-B"
 
+    # A's supervisor resumes A later: none of A's steps are in <tag> any more; it says where they went
+    monkeypatch.setenv("NANOCHAT_RUN_ID", "run-A")
+    rc, lines, _ = train(capsys, "--resume_from_step=latest", iters=2, save_every=2)
+    assert rc == 0
+    assert f"Note: checkpoints of this run run-A were moved aside to {aside}; this start is fresh; to continue " \
+           f"them instead, resume with --model_tag={TAG}.run-run-A" in lines
+    assert ck.list_valid_steps(str(train_dir / "base_checkpoints" / f"{TAG}.run-run-B")) == [8, 10, 12]
+
 
 def test_resume_at_or_past_the_end_finishes_at_once(train_dir, capsys):
     rc, _, _ = train(capsys, iters=6, save_every=3)

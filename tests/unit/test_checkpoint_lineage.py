@@ -219,3 +219,11 @@ def test_lock_of_another_process_is_refused_and_a_dead_holders_lock_is_taken_ove
         assert ck.CheckpointLock.holder(str(tagdir))["run_id"] == "mine"
     finally:
         lock.release()
+
+
+def test_moved_aside_dirs_finds_this_runs_checkpoints_put_aside_by_another_run(tagdir):
+    _save(tagdir, 10, "B")
+    ck.apply_plan(str(tagdir), ck.plan_resume(str(tagdir), None, "standalone"), quiet=True)  # another run's start
+    assert ck.latest_step_of_run(str(tagdir), "B") is None
+    assert ck.moved_aside_dirs(str(tagdir), "B") == [str(tagdir.parent / "demo.run-B")]
+    assert ck.moved_aside_dirs(str(tagdir), "C") == []
