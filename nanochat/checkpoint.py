@@ -271,10 +271,9 @@ def _newest_valid(ckpt_dir: str, steps) -> int:
 
 def latest_step_of_run(ckpt_dir: str, run_id):
     """Newest valid step of lineage `run_id` (run_id None: of any lineage), or None."""
-    lineages = _committed_lineages(ckpt_dir)
     if run_id is None:
         return find_latest_step(ckpt_dir)
-    return _newest_valid(ckpt_dir, [s for s, rid in lineages.items() if rid == run_id])
+    return _newest_valid(ckpt_dir, [s for s, rid in _committed_lineages(ckpt_dir).items() if rid == run_id])
 
 
 def _steps_text(steps) -> str:

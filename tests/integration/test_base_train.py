@@ -268,7 +268,9 @@ def _kill_and_resume(base, rounds, iters, seed):
     for _ in range(rounds):
         proc = spawn(*flags)
         try:
-            lines = wait_for_line(proc, r"^(Checkpoint saved|Resuming)", timeout=120)
+            # from the first step line on, training and checkpointing alternate (a kill right after `Resuming`
+            # would, on a loaded machine, keep landing in the data-loader setup and never inside a save)
+            lines = wait_for_line(proc, r"^(Checkpoint saved|step \d{5}/)", timeout=120)
             time.sleep(rng.uniform(0.0, 0.6))
         finally:
             proc.kill()
