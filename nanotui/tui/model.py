@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from nanotui.runtime.rundir import RunDir, RunNotFound
+from nanotui.core.runstate import LIVE_PHASES
+from nanotui.runtime.rundir import RunDir, RunNotFound, shown
 from nanotui.runtime.tail import LogTailer, read_tail
 from nanotui.tui import coreapi
 from nanotui.tui.widgets.chart import ChartData
@@ -179,6 +180,7 @@ class RunSnapshot:
     pending_oom: dict | None = None
     last_checkpoint: dict | None = None
     grace: object = None
+    problem: str | None = None      # e.g. "disk full: cannot write state.json" (state.problem or a corrupt state)
     history_loaded: bool = False
     now: float = 0.0
 
@@ -238,6 +240,7 @@ class RunView:
         self.chart_stage: str | None = None
         self._alive = False
         self._alive_checked = 0.0
+        self._state_problem: str | None = None
         self.estimator = coreapi.Estimator([])
         self._signatures: dict[Path, object] = {}
         self._logs: list[Path] = []
@@ -320,9 +323,10 @@ class RunView:
             elif kind == "oom":
                 h.mark(_step_of(ev.get("step")), "oom")
             elif kind in ("resumed", "fallback", "retry"):
-                # supervisor shapes: resumed {step: int | "latest"}; fallback/retry {resume: int | "latest",
-                # ckpt_step: int | None}. "latest" means the newest checkpoint of the stage.
-                step = _step_of(ev.get("step") if kind == "resumed" else ev.get("resume"))
+                # core.runstate.EVENT_FIELDS: resumed/fallback/retry {step: int | "latest"} (+ ckpt_step for
+                # fallback/retry; runs recorded before that vocabulary wrote fallback's point as `resume`).
+                # "latest" means the newest checkpoint of the stage.
+                step = _step_of(ev.get("step") if "step" in ev else ev.get("resume"))
                 if step is None:
                     step = _step_of(ev.get("ckpt_step"))
                 if step is None:
@@ -362,12 +366,18 @@ class RunView:
             return self.rd.path / name
         return logs[-1] if logs else None
 
+    def rd_problem(self, st: dict) -> str | None:
+        """What the header warns about: a state.json that cannot be trusted, or a problem the supervisor reports."""
+        problem = self._state_problem or st.get("problem")
+        return shown(problem) if problem else None
+
     def _refresh_state(self) -> None:
         now = time.monotonic()
         slow_tick = now - self._alive_checked > 5
         # state.json is replaced atomically; a re-read every few seconds covers a reused inode within one mtime tick
         if self._changed(self.rd.state_json) or slow_tick:
             self.state = self.rd.read_state()
+            self._state_problem = self.rd.state_problem()
         if slow_tick:
             self._alive = self.rd.supervisor_alive()
             self._alive_checked = now
@@ -493,7 +503,7 @@ class RunView:
                                  trains=trains.get(name, False)))
         stage_eta = next((r.eta_s for r in rows if r.name == stage), None)
         pipeline_eta, pipeline_eta_complete = self.estimator.pipeline_eta(now) \
-            if st.get("phase") in ("running", "waiting", "starting") else (None, False)
+            if st.get("phase") in LIVE_PHASES else (None, False)
 
         chart = ChartData()
         if chart_stage:
@@ -511,7 +521,8 @@ class RunView:
             chart=chart, chart_stage=chart_stage, training_stages=tuple(tstages), gpu=self._gpu_view(now),
             log_tail=tuple(self.log_tail), log_name=self.tail_log.name if self.tail_log else None,
             pending_oom=st.get("pending_oom"), last_checkpoint=st.get("last_checkpoint"),
-            grace=st.get("grace", self.plan.get("grace")), history_loaded=self.history_loaded, now=now)
+            grace=st.get("grace", self.plan.get("grace")), problem=self.rd_problem(st),
+            history_loaded=self.history_loaded, now=now)
 
     def _gpu_view(self, now: float) -> GpuView:
         if not self.gpu_samples:
