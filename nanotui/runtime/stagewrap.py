@@ -49,11 +49,21 @@ def main(argv: list[str]) -> int:
         if rc < 0:
             rc = 128 - rc
     tmp = f"{exit_file}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"exit_code": rc, "signal": sig, "pid": pid, "ended": time.time()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, exit_file)
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"exit_code": rc, "signal": sig, "pid": pid, "ended": time.time()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, exit_file)
+    except OSError as e:  # e.g. a full disk: the supervisor then reports the attempt as ended without an exit code
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        try:
+            print(f"error: cannot record the exit code {rc} in {exit_file}: {e}", flush=True)
+        except OSError:
+            pass
     return rc if rc < 256 else 1
 
 

@@ -35,13 +35,15 @@ from nanotui.core.runstate import (DISK_FULL, EXIT_OOM, EXIT_STOPPED, Checkpoint
 from nanotui.runtime import procs
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
-from nanotui.runtime.rundir import RunDir, shown
+from nanotui.runtime.rundir import RunDir, shown, write_all
 from nanotui.runtime.tail import LogTailer
 
 DEFAULT_STOP_TIMEOUT = 120.0  # seconds between SIGTERM and SIGKILL (a d20 checkpoint takes a while)
 POLL = 0.2
 SIGNAL_SETTLE_S = 2.0   # after our own SIGTERM/SIGHUP: how long to look for the stage having got one too
 OOM_TAIL_LINES = 40     # an OOM decides the attempt's fate only when its signature is among its last lines
+RESERVE_NAME, RESERVE_BYTES = ".disk_reserve", 16 * 1024
+DISK_RECHECK_S = 5.0    # while the disk is full: how often to try to take the reserve back
 TREE_EVERY_S = 1.0      # how often the stage's process tree is re-read (and saved for a later re-adoption)
 
 
@@ -123,23 +125,53 @@ class Supervisor:
         self._gpu_stop = threading.Event()
         self._last_state_write = 0.0
         self._disk_full_where: str | None = None
+        self._disk_checked = 0.0
         self._lost_events = 0
 
     # ---- state and events (a full disk is reported, never fatal) -----------------------------------
+    # A small reserve file in the run dir is given up when the disk fills, so that state.json can still say so.
+    def _make_reserve(self) -> bool:
+        path = self.rd.path / RESERVE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                write_all(fd, b"\0" * RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        except OSError:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return False
+
+    def _release_reserve(self) -> None:
+        try:
+            (self.rd.path / RESERVE_NAME).unlink()
+        except OSError:
+            pass
+
     def _disk_trouble(self, where: str, e: OSError) -> None:
-        if self._disk_full_where is None:
-            self._disk_full_where = where
-            self.state.problem = f"{DISK_FULL}: cannot write {where} ({e.strerror or e})"
-            print(f"warning: {self.state.problem}", file=sys.stderr, flush=True)
-            if self.server:
-                self.server.broadcast({"notify": "disk_full", "message": f"run {self.rd.run_id}: "
-                                       f"{self.state.problem}; the stage goes on, free some space"})
+        if self._disk_full_where is not None:
+            return
+        self._disk_full_where = where
+        self._disk_checked = time.monotonic()
+        what = DISK_FULL if _is_disk_full(e) else "cannot write"
+        self.state.problem = f"{what}: cannot write {where} ({e.strerror or e}); the stage goes on, free some space"
+        print(f"warning: {self.state.problem}", file=sys.stderr, flush=True)
+        if self.server:
+            self.server.broadcast({"notify": "disk_full", "message": f"run {self.rd.run_id}: {self.state.problem}"})
+        self._release_reserve()
+        self.event("disk_full", where=where, error=str(e), message=self.state.problem)
+        self.save_state()
 
     def _disk_ok(self) -> None:
-        if self._disk_full_where is not None:
-            where, self._disk_full_where = self._disk_full_where, None
-            self.state.problem = None
-            self.event("disk_ok", where=where, message=f"disk space is back ({self._lost_events} event(s) lost)")
+        where, self._disk_full_where = self._disk_full_where, None
+        self.state.problem = None
+        self.event("disk_ok", where=where, message=f"disk space is back ({self._lost_events} event(s) were lost)")
+        self.save_state()
 
     def save_state(self, force: bool = True) -> None:
         now = time.time()
@@ -150,12 +182,12 @@ class Supervisor:
             try:
                 self.rd.write_state(self.state)
             except OSError as e:
-                if not _is_disk_full(e):
-                    print(f"warning: cannot write state.json: {e}", file=sys.stderr, flush=True)
                 self._disk_trouble("state.json", e)
                 return
-        if self._disk_full_where == "state.json":
-            self._disk_ok()
+        if self._disk_full_where is not None and time.monotonic() - self._disk_checked > DISK_RECHECK_S:
+            self._disk_checked = time.monotonic()
+            if self._make_reserve():
+                self._disk_ok()
 
     def event(self, type: str, notify: str | None = None, message: str | None = None, **fields) -> dict:
         make_event(type, **fields)  # one vocabulary: an unknown kind or field is a bug, caught by the tests
@@ -163,11 +195,8 @@ class Supervisor:
             ev = self.rd.append_event(type, **({"message": message} if message else {}), **fields)
         except OSError as e:
             self._lost_events += 1
-            self._disk_trouble("events.jsonl", e)
             ev = {"t": round(time.time(), 3), "type": type, **fields}
-        else:
-            if self._disk_full_where == "events.jsonl":
-                self._disk_ok()
+            self._disk_trouble("events.jsonl", e)
         if notify and self.server:
             self.server.broadcast({"notify": notify, "message": message or type, "event": ev})
         return ev
@@ -490,6 +519,7 @@ class Supervisor:
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
         self.state.supervisor_pid = os.getpid()
+        self._make_reserve()
         if self.state.grace is None:
             self.state.grace = self.oom_state.grace
         self.server = ControlServer(self.rd.socket_path, self.handle).start()
@@ -760,7 +790,30 @@ def spawn_supervisor(rd: RunDir, extra_args: list[str] = (), python: str | None 
         os.close(log_fd)
 
 
+class _SafeStream:
+    """stdout/stderr (supervisor.log) that never raise: a full disk must not kill the supervisor through a print."""
+
+    def __init__(self, stream):
+        self._s = stream
+
+    def write(self, text):
+        try:
+            return self._s.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self):
+        try:
+            self._s.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout, sys.stderr = _SafeStream(sys.stdout), _SafeStream(sys.stderr)
     ap = argparse.ArgumentParser(prog="nanotui-supervisor")
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")
