@@ -465,7 +465,8 @@ class Supervisor:
                 self.event("killed", stage=stage["name"], after_s=self.stop_timeout, pids=hit)
             time.sleep(POLL)
         self._reap_tree(stage["name"], pid, term_sent_at)
-        deadline = time.monotonic() + 2.0
+        # the wrapper writes the exit file before it exits: a short grace for the rename to show is enough
+        deadline = time.monotonic() + 0.3
         while not exit_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         consume(tailer.read_lines())
@@ -572,7 +573,6 @@ class Supervisor:
             if idx < len(self.stages):
                 next_attempt = self._resume_attempt(idx)
         while idx < len(self.stages):
-            stage = self.stages[idx]
             if end is None:
                 if self.stage_rec(idx).state == "done":
                     idx += 1

@@ -280,8 +280,8 @@ def test_disk_full_supervisor_survives_and_says_so(small_tmpfs, tmp_path, monkey
     wait_for(lambda: (rd.read_state().get("step") or 0) >= 2, what="progress")
     filler = fill(small_tmpfs)
     c = ControlClient(rd)
-    st = wait_for(lambda: (c.request("status")["state"].get("problem") or "").startswith("disk full") and
-                  c.request("status")["state"], what="disk full reported", timeout=30)
+    wait_for(lambda: (c.request("status")["state"].get("problem") or "").startswith("disk full"),
+             what="disk full reported", timeout=30)
     time.sleep(1.0)
     assert sup.poll() is None  # still supervising
     on_disk = json.loads(rd.state_json.read_text())  # complete JSON (never a truncated file) ...
