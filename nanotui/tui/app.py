@@ -228,7 +228,8 @@ class NanotuiApp(App):
 
     def action_checkpoints(self) -> None:
         if not isinstance(self.screen, CheckpointsScreen):
-            self.push_screen(CheckpointsScreen(self.base_dir, clock=self.clock))
+            self.push_screen(CheckpointsScreen(self.base_dir, clock=self.clock,
+                                               run_id=self.run_dir.name if self.run_dir else None))
 
     def action_logs(self) -> None:
         if self.run_dir is not None and not isinstance(self.screen, LogsScreen):

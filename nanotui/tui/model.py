@@ -569,6 +569,8 @@ class CheckpointRow:
     status: str         # valid | unverified | invalid
     path: str
     reason: str = ""
+    run_id: str | None = None   # the run that wrote it (meta `run_id`)
+    other_run: bool = False     # written by another run than the one attached: never resumed from here
 
 
 def base_dir_of(run_dir: Path) -> Path:
@@ -582,14 +584,16 @@ def base_dir_of(run_dir: Path) -> Path:
     return Path(run_dir).resolve().parent.parent
 
 
-def list_checkpoints(base_dir: Path) -> list[CheckpointRow]:
-    """Every checkpoint of the base dir (core discovery), newest stage/step last."""
+def list_checkpoints(base_dir: Path, run_id: str | None = None) -> list[CheckpointRow]:
+    """Every checkpoint of the base dir (core discovery), newest stage/step last; with `run_id`, those another run
+    wrote are marked `other_run` (a run resumes only from its own lineage)."""
     from nanotui.core.ckpts import discover
     rows = []
     for c in discover(str(base_dir)):
         rows.append(CheckpointRow(stage=CKPT_STAGE_OF.get(c.stage, c.stage), step=c.step, time=c.mtime,
                                   val_bpb=c.val_bpb, size_bytes=c.size_bytes, status=c.status,
-                                  path=str(Path(c.path) / f"model_{c.step:06d}.pt"), reason=c.reason))
+                                  path=str(Path(c.path) / f"model_{c.step:06d}.pt"), reason=c.reason,
+                                  run_id=c.run_id, other_run=run_id is not None and c.run_id != run_id))
     return rows
 
 
