@@ -49,14 +49,6 @@ def _launch(rd: RunDir, extra: list[str] = (), wait_s: float = 15.0) -> int:
     return launch(rd, list(extra), wait_s=wait_s)
 
 
-def _last_line(path: Path) -> str:
-    try:
-        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
-    except FileNotFoundError:
-        return ""
-    return lines[-1] if lines else ""
-
-
 def _fmt_step(s: dict) -> str:
     if s.get("step") is None:
         return "-"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from nanotui.core.runstate import LIVE_PHASES
+from nanotui.core.runstate import LIVE_PHASES, TRAIN_STAGES
 from nanotui.runtime.rundir import RunDir, RunNotFound, shown
 from nanotui.runtime.tail import LogTailer, read_tail
 from nanotui.tui import coreapi
@@ -556,7 +556,7 @@ class RunView:
 
 
 # ---- data for the secondary screens (called from worker threads or timers, never from widgets) ------------------
-CKPT_STAGE_OF = {"base": "base_train", "mid": "mid_train", "chatsft": "chat_sft"}
+CKPT_STAGE_OF = {family: name for name, (family, _kind) in TRAIN_STAGES.items()}  # "base" -> "base_train"
 
 
 @dataclass(frozen=True)
