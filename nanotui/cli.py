@@ -70,8 +70,9 @@ def _status_line(s: dict) -> str:
                     + (f", auto in {max(0, dl - time.time()):.0f}s" if dl else ", waiting for a command"))
     if s.get("reason") and not p:
         bits.append(s["reason"])
-    if s.get("problem"):
-        bits.append(f"{s['problem']}: this status may be wrong")
+    if s.get("problem"):  # a corrupt state.json, or a condition the supervisor reports (disk full)
+        live_issue = s["problem"].startswith(("disk full", "write error"))
+        bits.append(s["problem"] if live_issue else f"{s['problem']}: this status may be wrong")
     return " | ".join(bits)
 
 

@@ -158,7 +158,7 @@ class Supervisor:
             return
         self._disk_full_where = where
         self._disk_checked = time.monotonic()
-        what = DISK_FULL if _is_disk_full(e) else "cannot write"
+        what = DISK_FULL if _is_disk_full(e) else "write error"
         self.state.problem = f"{what}: cannot write {where} ({e.strerror or e}); the stage goes on, free some space"
         print(f"warning: {self.state.problem}", file=sys.stderr, flush=True)
         if self.server:
