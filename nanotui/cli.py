@@ -10,7 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from nanotui.runtime.rundir import RunDir, RunNotFound, default_base_dir, list_runs, resolve_run
+from nanotui.core.runstate import StateError, make_event
+from nanotui.runtime.launch import StartError
+from nanotui.runtime.rundir import RunDir, RunNotFound, default_base_dir, list_runs, resolve_run, shown
 
 from nanotui.core.notify import NOTICE_KINDS as NOTIFY_KINDS  # the same kinds the dashboard announces
 
@@ -41,80 +43,10 @@ def _grace_arg(value: str | None):
         raise UsageError(str(e)) from None
 
 
-def _set_flag(argv: list[str], flag: str, value: str) -> list[str]:
-    """Replace `--flag=V`/`--flag V` (underscore or dash spelling) in argv, else append `--flag=value`."""
-    names = {"--" + flag.replace("-", "_"), "--" + flag.replace("_", "-")}
-    out, i, done = [], 0, False
-    while i < len(argv):
-        a = argv[i]
-        key = a.split("=", 1)[0]
-        if key in names:
-            out.append(f"--{flag}={value}")
-            done = True
-            if "=" not in a:
-                i += 1
-        else:
-            out.append(a)
-        i += 1
-    if not done:
-        out.append(f"--{flag}={value}")
-    return out
-
-
-def _apply_stage_options(plan: dict, stages: str | None, sets: list[str]) -> dict:
-    """`--stages a,b` keeps only those stages (in plan order); `--set stage:--flag=value` edits a stage argv."""
-    if stages is not None:
-        wanted = [s.strip() for s in stages.split(",") if s.strip()]
-        names = [s["name"] for s in plan["stages"]]
-        if not wanted:
-            raise UsageError(f"--stages names no stage; give a comma-separated subset of: {', '.join(names)}")
-        unknown = [w for w in wanted if w not in names]
-        if unknown:
-            raise UsageError(f"unknown stage {unknown[0]!r} for profile {plan['profile']}; stages: {', '.join(names)}")
-        plan["stages"] = [s for s in plan["stages"] if s["name"] in wanted]
-    for item in sets or []:
-        stage_name, sep, flagval = item.partition(":")
-        flag, eq, value = flagval.lstrip("-").partition("=")
-        if not sep or not eq or not flag:
-            raise UsageError(f"--set wants STAGE:--flag=value, got {item!r}")
-        matches = [s for s in plan["stages"] if s["name"] == stage_name]
-        if not matches:
-            raise UsageError(f"--set: no stage {stage_name!r} in this plan")
-        for s in matches:
-            s["argv"] = _set_flag(list(s["argv"]), flag, value)
-            if flag.replace("-", "_") == "num_iterations" and value.isdigit():
-                s["num_iterations"] = int(value)
-    return plan
-
-
 def _launch(rd: RunDir, extra: list[str] = (), wait_s: float = 15.0) -> int:
-    """Start a detached supervisor and wait until it listens (or fails); returns its pid."""
-    from nanotui.runtime.control import ControlClient
-    from nanotui.runtime.supervisor import spawn_supervisor
-    proc = spawn_supervisor(rd, list(extra))
-    client = ControlClient(rd, timeout=2.0)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            if rc == 2:
-                last = _last_line(rd.supervisor_log)
-                raise UsageError(last[len("error: "):] if last.startswith("error: ") else last)
-            if rc == 0:
-                return proc.pid  # a very short run that already finished
-            raise UsageError(f"the supervisor exited with code {rc}; see {rd.supervisor_log}")
-        if rd.socket_path.exists() and client.available():
-            return proc.pid
-        time.sleep(0.05)
-    return proc.pid
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
-    except FileNotFoundError:
-        return ""
-    return lines[-1] if lines else ""
+    """Start a detached supervisor and wait until its stage started (or it failed); returns its pid."""
+    from nanotui.runtime.launch import launch
+    return launch(rd, list(extra), wait_s=wait_s)
 
 
 def _fmt_step(s: dict) -> str:
@@ -138,8 +70,9 @@ def _status_line(s: dict) -> str:
                     + (f", auto in {max(0, dl - time.time()):.0f}s" if dl else ", waiting for a command"))
     if s.get("reason") and not p:
         bits.append(s["reason"])
-    if s.get("problem"):
-        bits.append(f"{s['problem']}: this status may be wrong")
+    if s.get("problem"):  # a corrupt state.json, or a condition the supervisor reports (disk full)
+        live_issue = s["problem"].startswith(("disk full", "write error"))
+        bits.append(s["problem"] if live_issue else f"{s['problem']}: this status may be wrong")
     return " | ".join(bits)
 
 
@@ -155,13 +88,10 @@ def notify_terminal(message: str, stream=None) -> None:
 
 # ------------------------------------------------------------------------------------------- commands
 def cmd_start(a) -> int:
-    from nanotui.core.plan import PlanError, build_plan, collect_overrides
+    from nanotui.core.plan import collect_overrides
+    from nanotui.runtime.launch import profile_plan
     flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc, "WANDB_RUN": a.wandb_run}
-    try:
-        plan = build_plan(a.profile, collect_overrides(os.environ, flags), python=sys.executable).to_dict()
-    except PlanError as e:
-        raise UsageError(str(e)) from None
-    plan = _apply_stage_options(plan, a.stages, a.set)
+    plan = profile_plan(a.profile, collect_overrides(os.environ, flags), a.stages, a.set, python=sys.executable)
     return _start_plan(plan, a)
 
 
@@ -180,20 +110,10 @@ def cmd_run(a) -> int:
 
 
 def _start_plan(plan: dict, a) -> int:
+    from nanotui.runtime.launch import start_plan
     grace = _grace_arg(a.grace)
-    base = _base_dir()
-    plan.update(base_dir=str(base), cwd=os.getcwd(), grace=60.0 if grace is None else grace)
-    if getattr(a, "stop_timeout", None) is not None:
-        if not 0 <= a.stop_timeout < float("inf"):
-            raise UsageError(f"--stop-timeout must be seconds >= 0, got {a.stop_timeout:g}")
-        plan["stop_timeout"] = a.stop_timeout
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        rd = RunDir.create(base, plan)
-    except OSError as e:
-        raise UsageError(f"cannot create a run directory under {base} ({e.strerror or e}); "
-                         f"set NANOCHAT_BASE_DIR to a writable directory") from None
-    pid = _launch(rd)
+    rd, pid = start_plan(plan, _base_dir(), cwd=os.getcwd(), grace=grace,
+                         stop_timeout=getattr(a, "stop_timeout", None))
     print(f"started run {rd.run_id} (supervisor pid {pid}); it keeps running if you log out.")
     print(f"  watch: nanotui attach   status: nanotui status   stop: nanotui stop   dir: {rd.path}")
     if getattr(a, "attach", False):
@@ -246,9 +166,10 @@ def plain_attach(rd: RunDir, interval: float = 1.0, out=None) -> int:
                         return
                     kind = msg.get("notify")
                     if kind:
-                        out.write(f"[{kind}] {msg.get('message', '')}\n")
+                        text = shown(msg.get("message", "")) or ""
+                        out.write(f"[{kind}] {text}\n")
                         if kind in NOTIFY_KINDS:
-                            notify_terminal(msg.get("message", kind), out)
+                            notify_terminal(text or kind, out)
                         out.flush()
             except (ControlError, OSError, ValueError):
                 pass
@@ -360,18 +281,23 @@ def cmd_stop(a) -> int:
             time.sleep(0.1)
         print(_status_line(rd.status_summary()))
         return 0
-    st = rd.read_state()
-    pid, created = st.get("stage_pid"), st.get("stage_pid_created")
+    try:
+        st = rd.load_state()
+    except StateError as e:
+        raise UsageError(f"cannot stop run {rd.run_id}: {e}; restore that file") from None
+    pid, created = st.stage_pid, st.stage_pid_created
     if pid and procs.pid_matches(pid, created):
-        how = procs.stop_group(int(pid), timeout=float(rd.read_plan().get("stop_timeout", 120)))
-        st = rd.read_state()
-        st.update(phase="stopped", reason="stopped by user (no supervisor was running)", stage_pid=None)
-        idx = st.get("stage_index") or 0
-        if idx < len(st.get("stages", [])):
-            st["stages"][idx]["state"] = "stopped"
+        snap = [tuple(x) for x in st.extra.get("stage_tree") or [] if isinstance(x, list) and len(x) == 2]
+        how = procs.stop_tree(int(pid), snap, timeout=float(rd.read_plan().get("stop_timeout", 120)))
+        st = rd.load_state()
+        st.phase, st.reason, st.stage_pid = "stopped", "stopped by user (no supervisor was running)", None
+        st.extra.pop("stage_tree", None)
+        rec = st.record()
+        if rec is not None:
+            rec.state, rec.reason = "stopped", st.reason
         rd.write_state(st)
-        rd.append_event("stopped", message="stopped by user without a supervisor", pgid=pid, how=how)
-        print(f"stopped {rd.run_id}: process group {pid} {how}")
+        rd.append_event(**make_event("stopped", message="stopped by user without a supervisor", pgid=pid, how=how))
+        print(f"stopped {rd.run_id}: process tree of {pid} {how}")
         return 0
     print(f"{rd.run_id} is not running ({rd.status_summary()['state']})")
     return 0
@@ -384,7 +310,7 @@ def cmd_resume(a) -> int:
         raise UsageError("--step must be >= 0")
     if a.device_bs is not None and a.device_bs < 1:
         raise UsageError("--device-bs must be a positive integer")
-    if rd.supervisor_alive():
+    if rd.supervisor_alive() and not rd.state_problem():
         st = rd.read_state()
         if st.get("phase") != "waiting":
             raise UsageError(f"run {rd.run_id} already has a supervisor (pid {st.get('supervisor_pid')}); "
@@ -398,66 +324,16 @@ def cmd_resume(a) -> int:
             raise UsageError(reply.get("error", "resume refused"))
         print(f"resuming {rd.run_id}")
         return 0
-    if rd.read_state().get("phase") == "done":
-        raise UsageError(f"run {rd.run_id} is already done; start a new one with `nanotui start`")
-    problem = rd.state_problem()
-    if problem:
-        raise UsageError(f"cannot resume run {rd.run_id}: {problem}; restore that file or start a new run "
-                         f"with `nanotui start` (its checkpoints are kept)")
-    if a.step is not None:
-        _check_resume_step(rd, a.step)
-    if a.device_bs is not None:
-        _check_resume_batch(rd, a.device_bs)
-    if a.grace is not None:
-        st = rd.read_state()
-        st["grace"] = _grace_arg(a.grace)
-        rd.write_state(st)
-    extra = ["--resume"]
-    if a.step is not None:
-        extra += ["--step", str(a.step)]
-    if a.device_bs is not None:
-        extra += ["--device-bs", str(a.device_bs)]
-    pid = _launch(rd, extra)
-    print(f"resumed {rd.run_id} (supervisor pid {pid})")
+    from nanotui.runtime.launch import resume_run
+    pid = resume_run(rd, a.step, a.device_bs, _grace_arg(a.grace))
+    print(f"resumed {rd.run_id} (supervisor pid {pid}): {_status_line(rd.status_summary())}")
     return 0
-
-
-def _check_resume_step(rd: RunDir, step: int) -> None:
-    """UsageError unless the stage a resume continues has a checkpoint at `step` (checked before anything starts)."""
-    from nanotui.core import ckpts
-    plan, st = rd.read_plan(), rd.read_state()
-    stages = plan.get("stages", [])
-    idx = st.get("stage_index") or 0
-    stage = stages[idx] if 0 <= idx < len(stages) else None
-    if not stage or not stage.get("trains") or not stage.get("ckpt_subdir"):
-        name = stage["name"] if stage else "?"
-        raise UsageError(f"--step applies to a training stage, and run {rd.run_id} resumes at {name}; "
-                         f"leave --step out")
-    ckpt_dir = Path(plan.get("base_dir") or _base_dir()) / stage["ckpt_subdir"]
-    steps = [c.step for c in ckpts.scan_dir(str(ckpt_dir)) if c.status != "invalid"]
-    if step not in steps:
-        have = ", ".join(map(str, steps)) or "none"
-        raise UsageError(f"{stage['name']} has no checkpoint at step {step} in {ckpt_dir}; valid steps: {have}")
-
-
-def _check_resume_batch(rd: RunDir, device_bs: int) -> None:
-    """UsageError when `--device-bs` x seq len x ranks does not divide the total batch of the stage a resume runs."""
-    stages, st = rd.read_plan().get("stages", []), rd.read_state()
-    idx = st.get("stage_index") or 0
-    stage = stages[idx] if 0 <= idx < len(stages) else {}
-    total, seq, world = stage.get("total_batch_size"), stage.get("seq_len") or 1, stage.get("world_size") or 1
-    if stage.get("trains") and total and total % (device_bs * seq * world):
-        from nanotui.core.oom import fallback_ladder
-        fits = fallback_ladder(2 * device_bs, total, seq, world)
-        raise UsageError(f"--device-bs {device_bs} x seq len {seq} x {world} rank(s) does not divide "
-                         f"{stage['name']}'s total batch of {total} tokens; try "
-                         f"{', '.join(map(str, fits)) or 'a power of two'}")
 
 
 def cmd_ckpts(a) -> int:
     from nanotui.core import ckpts
     base = _base_dir()
-    subdirs = None
+    subdirs, rd = None, None
     if a.run or list_runs(base):
         rd = _resolve(a.run)
         subdirs = {s.get("ckpt_subdir") for s in rd.read_plan().get("stages", []) if s.get("ckpt_subdir")}
@@ -465,18 +341,34 @@ def cmd_ckpts(a) -> int:
     if subdirs:
         infos = [c for c in infos if f"{c.stage}_checkpoints/{c.tag}" in subdirs] or infos
     if a.json:
-        print(json.dumps([c.to_dict() for c in infos], indent=1))
+        print(json.dumps([dict(c.to_dict(), this_run=rd is not None and c.run_id == rd.run_id) for c in infos],
+                         indent=1))
         return 0
     if not infos:
         print(f"no checkpoints under {base}")
         return 0
+    mine = [c for c in infos if rd is None or c.run_id == rd.run_id]
+    others = [c for c in infos if c not in mine]
+    if rd is not None:
+        print(f"checkpoints of run {rd.run_id} (the only ones it resumes from or loads):")
     print(f"{'STAGE':8} {'TAG':8} {'STEP':>7} {'STATUS':11} {'SIZE':>10} {'VAL_BPB':>8} {'B':>3}  NOTE")
-    for c in infos:
-        size = f"{c.size_bytes / 2**20:.1f}M" if c.size_bytes else "-"
-        bpb = f"{c.val_bpb:.4f}" if c.val_bpb is not None else "-"
-        print(f"{c.stage:8} {c.tag:8} {c.step:>7} {c.status:11} {size:>10} {bpb:>8} {str(c.device_bs or '-'):>3}  "
-              f"{c.reason}")
+    for c in mine:
+        print(_ckpt_row(c, c.reason))
+    if not mine:
+        print("  (none yet)")
+    if others:
+        print(f"other runs' checkpoints in the same directories (never resumed by {rd.run_id}; to continue one on "
+              f"purpose, resume that run with `nanotui resume RUN`):")
+        for c in others:
+            print(_ckpt_row(c, f"other run {c.run_id}" if c.run_id else "no run id (upstream or older)"))
     return 0
+
+
+def _ckpt_row(c, note: str) -> str:
+    size = f"{c.size_bytes / 2**20:.1f}M" if c.size_bytes else "-"
+    bpb = f"{c.val_bpb:.4f}" if c.val_bpb is not None else "-"
+    return (f"{c.stage:8} {c.tag:8} {c.step:>7} {c.status:11} {size:>10} {bpb:>8} {str(c.device_bs or '-'):>3}  "
+            f"{shown(note) or ''}")
 
 
 def cmd_doctor(a) -> int:
@@ -595,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, RunNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

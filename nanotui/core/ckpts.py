@@ -1,4 +1,4 @@
-"""Checkpoint discovery without torch: reads meta JSON and file sizes (DESIGN.md §3.3; upstream = unverified)."""
+"""Checkpoint discovery without torch: reads meta JSON and file sizes (docs/CONTRACTS.md "Checkpoints"; upstream = unverified)."""
 from __future__ import annotations
 
 import json
@@ -27,6 +27,7 @@ class CheckpointInfo:
     reason: str = ""           # why invalid / unverified; "" when valid
     device_bs: Optional[int] = None
     max_seq_len: Optional[int] = None
+    run_id: Optional[str] = None  # the nanotui run that wrote it (meta `run_id`); None: upstream or older
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +67,7 @@ def scan_dir(ckpt_dir: str, stage: str = "", tag: str = "") -> list:
         size = sum(s for s in (_size(os.path.join(ckpt_dir, f)) for f in files) if s is not None)
         if step not in metas:
             out.append(CheckpointInfo(stage, tag, step, ckpt_dir,
-                                      os.path.getmtime(os.path.join(ckpt_dir, models[step])), size, None,
+                                      _mtime(os.path.join(ckpt_dir, models[step])), size, None,
                                       "invalid", f"no meta_{step:06d}.json (save did not finish)"))
             continue
         meta_path = os.path.join(ckpt_dir, metas[step])
@@ -76,6 +77,8 @@ def scan_dir(ckpt_dir: str, stage: str = "", tag: str = "") -> list:
                 meta = json.load(fh)
             if not isinstance(meta, dict):
                 raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            continue  # deleted by retention while we listed: not a checkpoint any more
         except (OSError, ValueError) as exc:
             out.append(CheckpointInfo(stage, tag, step, ckpt_dir, _mtime(meta_path), size, None, "invalid",
                                       f"{metas[step]} unreadable: {exc}".splitlines()[0]))
@@ -92,8 +95,9 @@ def scan_dir(ckpt_dir: str, stage: str = "", tag: str = "") -> list:
             status, reason = "unverified", "upstream checkpoint: no file list in meta to check sizes against"
         else:
             status, reason = "invalid", f"model_{step:06d}.pt missing or empty"
+        run_id = meta.get("run_id") if isinstance(meta.get("run_id"), str) else None
         out.append(CheckpointInfo(stage, tag, step, ckpt_dir, mtime, size, val_bpb, status, reason,
-                                  device_bs, seq_len))
+                                  device_bs, seq_len, run_id))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Typed, immutable events parsed from training-stage log lines (DESIGN.md §3.1)."""
+"""Typed, immutable events parsed from training-stage log lines (docs/CONTRACTS.md "Log lines")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

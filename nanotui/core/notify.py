@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 # events.jsonl kinds an attached dashboard announces (toast + bell + desktop notification)
-NOTICE_KINDS = ("oom", "waiting", "fallback", "stage_done", "crashed", "failed", "stopped", "done")
-SEVERITY = {"oom": "error", "crashed": "error", "failed": "error", "waiting": "warning", "fallback": "warning",
+NOTICE_KINDS = ("oom", "waiting", "fallback", "carried_bs", "stage_done", "crashed", "failed", "stopped", "done",
+                "disk_full")
+SEVERITY = {"oom": "error", "crashed": "error", "failed": "error", "disk_full": "error", "waiting": "warning",
+            "fallback": "warning", "carried_bs": "warning",
             "stopped": "warning", "stage_done": "information", "done": "information"}
 MAX_MESSAGE = 200
 OPT_OUT_ENV = "NANOTUI_NO_NOTIFY"

@@ -1,4 +1,4 @@
-"""OOM fallback policy (DESIGN.md §3.5) as a pure state machine: decide(state, event) -> (state, actions)."""
+"""OOM fallback policy as a pure state machine: decide(state, event) -> (state, actions) (docs/CONTRACTS.md "OOM policy")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

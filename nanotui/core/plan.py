@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
 from . import ckpts
+from .argvflags import drop_flag, flag_value, norm_flag, set_flag
+from .runstate import STAGE_NAMES, TRAIN_STAGES
 
 __all__ = [
     "PlanError", "Stage", "Plan", "PROFILES", "PROFILE_NAMES", "OVERRIDE_KEYS", "STAGE_NAMES",
     "build_plan", "collect_overrides", "argv_with", "stages_done", "first_pending", "plan_for_command",
-    "flag_value", "describe",
+    "flag_value", "describe", "set_stage_flag",
 ]
 
 
@@ -20,16 +22,14 @@ class PlanError(ValueError):
     """Bad profile or override; str(err) is one line telling the user what to do."""
 
 
-STAGE_NAMES = ("data", "tok_train", "tok_eval", "base_train", "base_eval", "mid_train", "chat_eval_mid",
-               "chat_sft", "chat_eval_sft", "report")
 # env-style key -> CLI flag of the same meaning
 OVERRIDE_KEYS = {
     "DEVICE_BS": "--device-bs", "SEQ_LEN": "--seq-len", "NPROC_PER_NODE": "--nproc-per-node",
     "WANDB_RUN": "--wandb-run", "SFT_BS": "--sft-bs",
 }
 _INT_KEYS = ("DEVICE_BS", "SEQ_LEN", "NPROC_PER_NODE", "SFT_BS")
-_TRAIN_SUBDIR = {"base_train": "base", "mid_train": "mid", "chat_sft": "chatsft"}
-_LOG_KIND = {"base_train": "base", "mid_train": "mid", "chat_sft": "sft"}
+_TRAIN_SUBDIR = {name: fam for name, (fam, _) in TRAIN_STAGES.items()}
+_LOG_KIND = {name: kind for name, (_, kind) in TRAIN_STAGES.items()}
 _UPSTREAM_DEFAULT_TOTAL_BATCH = 524288
 # report sections (upstream slugs) that prove a stage finished
 _REPORT_FILE = {
@@ -239,40 +239,6 @@ def build_plan(profile: str, overrides: Optional[Mapping] = None, python: str = 
 
 
 # ------------------------------------------------------------------ argv rewriting
-def _flag_names(flag: str) -> tuple:
-    bare = flag.lstrip("-")
-    return ("--" + bare.replace("-", "_"), "--" + bare.replace("_", "-"))
-
-
-def flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
-    """The value of `--flag=V` / `--flag V` (underscores or dashes) in argv, last one wins; None if absent."""
-    names = _flag_names(flag)
-    value = None
-    for i, a in enumerate(argv):
-        for n in names:
-            if a == n and i + 1 < len(argv):
-                value = argv[i + 1]
-            elif a.startswith(n + "="):
-                value = a[len(n) + 1:]
-    return value
-
-
-def _drop_flag(argv: list, flag: str) -> list:
-    names = _flag_names(flag)
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in names:
-            skip = True
-            continue
-        if any(a.startswith(n + "=") for n in names):
-            continue
-        out.append(a)
-    return out
-
-
 def argv_with(stage: Union[Stage, Mapping], device_bs: Optional[int] = None,
               resume: Union[int, str, None] = None) -> list:
     """The stage argv with `--device_batch_size=B` set (replaced in place, else appended) and
@@ -281,23 +247,55 @@ def argv_with(stage: Union[Stage, Mapping], device_bs: Optional[int] = None,
     if device_bs is not None:
         if isinstance(device_bs, bool) or int(device_bs) <= 0:
             raise PlanError(f"device batch size must be a positive integer, got {device_bs!r}")
-        names = _flag_names("device_batch_size")
-        replaced = False
-        for i, a in enumerate(argv):
-            if any(a.startswith(n + "=") for n in names):
-                argv[i] = f"--device_batch_size={int(device_bs)}"
-                replaced = True
-            elif a in names and i + 1 < len(argv):
-                argv[i + 1] = str(int(device_bs))
-                replaced = True
-        if not replaced:
-            argv.append(f"--device_batch_size={int(device_bs)}")
+        argv = set_flag(argv, "device_batch_size", int(device_bs))
     if resume is not None:
         if not (resume == "latest" or (isinstance(resume, int) and not isinstance(resume, bool) and resume >= 0)):
             raise PlanError(f"resume must be a step >= 0 or 'latest', got {resume!r}")
-        argv = _drop_flag(argv, "resume_from_step")
+        argv = drop_flag(argv, "resume_from_step")
         argv.append(f"--resume_from_step={resume}")
     return argv
+
+
+# ------------------------------------------------------------------ `--set STAGE:--flag=value`
+# flags whose value the supervisor also keeps as a plan field (it rewrites argv from the field on every attempt,
+# and the OOM ladder works from the fields): setting the flag sets the field, checked like the profile's values
+_FIELD_OF_FLAG = {"device_batch_size": "device_bs", "max_seq_len": "seq_len", "total_batch_size": "total_batch_size",
+                  "num_iterations": "num_iterations"}
+_REFUSED_FLAGS = {"resume_from_step": "the supervisor chooses the resume point; use `nanotui resume --step S`"}
+
+
+def set_stage_flag(stage: Mapping, flag: str, value: str) -> dict:
+    """A run.json stage with `--flag=value` set in its argv and, for the flags the supervisor owns as fields
+    (device batch, seq len, total batch, iterations, model tag), in those fields too. Raises PlanError (one line)
+    for a value the stage cannot take (not a positive integer, a batch that does not divide the total batch)."""
+    name = norm_flag(flag)
+    out = dict(stage)
+    if name in _REFUSED_FLAGS:
+        raise PlanError(f"--set {stage['name']}:--{name}: {_REFUSED_FLAGS[name]}")
+    field_name = _FIELD_OF_FLAG.get(name)
+    if field_name is not None:
+        text = str(value).strip()
+        if name == "num_iterations" and re.fullmatch(r"-1", text):
+            out["num_iterations"] = None  # the stage computes it
+        elif not re.fullmatch(r"[0-9]+", text) or int(text) <= 0:
+            raise PlanError(f"--set {stage['name']}:--{name} must be a positive integer, got {value!r}")
+        else:
+            out[field_name] = int(text)
+        if out.get("trains") and out.get("total_batch_size") and out.get("device_bs"):
+            per = out["device_bs"] * (out.get("seq_len") or 1) * int(out.get("world_size") or 1)
+            if out["total_batch_size"] % per:
+                raise PlanError(
+                    f"--set {stage['name']}:--{name}={value}: device batch {out['device_bs']} x seq len "
+                    f"{out.get('seq_len') or 1} x {out.get('world_size') or 1} rank(s) = {per} tokens does not "
+                    f"divide the total batch size {out['total_batch_size']}; use powers of two")
+    if name == "model_tag" and out.get("trains"):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(value)):
+            raise PlanError(f"--set {stage['name']}:--model_tag must be a plain name, got {value!r}")
+        out["model_tag"] = str(value)
+        if out.get("ckpt_subdir"):
+            out["ckpt_subdir"] = out["ckpt_subdir"].rsplit("/", 1)[0] + "/" + str(value)
+    out["argv"] = set_flag(list(stage["argv"]), name, value)
+    return out
 
 
 # ------------------------------------------------------------------ what is done already

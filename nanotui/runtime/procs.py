@@ -94,3 +94,73 @@ def stop_group(pgid: int, timeout: float = 60.0, poll: float = 0.1) -> str:
         time.sleep(poll)
     signal_group(pgid, signal.SIGKILL)
     return "killed"
+
+
+# ---- whole process trees (torchrun starts its ranks in their own sessions: a group signal misses them) -------
+def tree_snapshot(pid: int | None) -> list[tuple[int, float]]:
+    """(pid, create_time) of `pid` and every descendant, whatever session or group they are in."""
+    if not pid:
+        return []
+    try:
+        root = psutil.Process(int(pid))
+        procs = [root] + root.children(recursive=True)
+    except (psutil.Error, ValueError, TypeError):
+        return []
+    out = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append((p.pid, p.create_time()))
+        except psutil.Error:
+            continue
+    return out
+
+
+def alive_of(snapshot) -> list[tuple[int, float]]:
+    """The members of a snapshot that still run (same pid *and* create time: no pid reuse, no zombies)."""
+    return [(pid, ct) for pid, ct in snapshot if pid_matches(pid, ct)]
+
+
+def merge_snapshots(*snaps) -> list[tuple[int, float]]:
+    seen, out = set(), []
+    for snap in snaps:
+        for pid, ct in snap or ():
+            key = (int(pid), round(float(ct), 2))
+            if key not in seen:
+                seen.add(key)
+                out.append((int(pid), float(ct)))
+    return out
+
+
+def kill_snapshot(snapshot, sig: int = signal.SIGKILL) -> list[int]:
+    """Send `sig` to every still-running member of a snapshot; returns the pids signalled."""
+    hit = []
+    for pid, ct in alive_of(snapshot):
+        try:
+            os.kill(pid, sig)
+            hit.append(pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return hit
+
+
+def stop_tree(pgid: int, snapshot=(), timeout: float = 60.0, poll: float = 0.1) -> str:
+    """Stop a stage without its supervisor: ONE SIGTERM to its group (torchrun forwards it to its ranks), wait up
+    to `timeout` s for the group and every process of `snapshot` + the current tree, then SIGKILL them all and
+    verify. Returns 'gone', 'terminated', 'killed' or 'survived' (something outlived SIGKILL)."""
+    snap = merge_snapshots(snapshot, tree_snapshot(pgid))
+    if not signal_group(pgid, signal.SIGTERM) and not alive_of(snap):
+        return "gone"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = merge_snapshots(snap, tree_snapshot(pgid))
+        if not group_alive(pgid) and not alive_of(snap):
+            return "terminated"
+        time.sleep(poll)
+    for _ in range(50):
+        signal_group(pgid, signal.SIGKILL)
+        kill_snapshot(snap)
+        time.sleep(poll)
+        if not group_alive(pgid) and not alive_of(snap):
+            return "killed"
+    return "survived"

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN §3.4): plan, atomic state, event timeline, logs, GPU samples, lock and socket paths."""
+"""The run directory (docs/CONTRACTS.md "Run directory"): plan, atomic typed state, event timeline, logs, GPU samples, lock, socket."""
 from __future__ import annotations
 
 import fcntl
@@ -10,10 +10,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+from nanotui.core.logparse import clean_line
+from nanotui.core.notify import sanitize_message
+from nanotui.core.runstate import LIVE_PHASES, PHASES, RunState, StateError  # noqa: F401  (PHASES re-exported)
+
 RUNS_SUBDIR = "runs"
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_.-]+$")
-PHASES = ("starting", "running", "waiting", "stopped", "done", "failed")
-LIVE_PHASES = ("starting", "running", "waiting")
 GPU_MAX_BYTES = 32 * 1024 * 1024  # gpu.jsonl rotates to gpu.jsonl.1 beyond this (~1 day at 1 Hz)
 
 
@@ -38,18 +40,37 @@ def new_run_id(profile: str, now: float | None = None) -> str:
     return f"{stamp}-{safe}"
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write is retried; an error such as ENOSPC raises)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(f"write returned {n}")
+        view = view[n:]
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same directory, fsync, rename over `path`."""
+    """Complete or nothing: JSON to a temp file in the same directory (all bytes), fsync, rename over `path`.
+
+    On any error (ENOSPC...) the temp file is removed, `path` keeps its previous content and the error is raised."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = json.dumps(obj, indent=1, sort_keys=False).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -61,17 +82,7 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 
 def initial_state(run_id: str, stages: list[dict]) -> dict:
-    return {
-        "run_id": run_id, "phase": "starting", "stage_index": 0,
-        "stage": stages[0]["name"] if stages else None, "attempt": 0,
-        "supervisor_pid": None, "stage_pid": None, "stage_pid_created": None,
-        "device_bs": None, "seq_len": None, "wandb_run": None,
-        "last_checkpoint": None, "pending_oom": None, "reason": None,
-        "step": None, "total": None, "log": None, "grace": None,
-        "updated": time.time(),
-        "stages": [{"name": s["name"], "state": "pending", "started": None, "ended": None,
-                    "exit_code": None, "attempts": 0, "device_bs": s.get("device_bs")} for s in stages],
-    }
+    return RunState.initial(run_id, stages).to_json()
 
 
 class RunDir:
@@ -160,35 +171,68 @@ class RunDir:
     def write_plan(self, plan: dict) -> None:
         atomic_write_json(self.run_json, plan)
 
-    def read_state(self) -> dict:
-        """state.json, or a fresh initial state if it is missing (never raises for a run with a plan)."""
-        st = _read_json(self.state_json)
-        if isinstance(st, dict):
-            return st
+    def _plan_stages(self) -> list:
         try:
             stages = self.read_plan().get("stages", [])
         except RunNotFound:
-            stages = []
-        return initial_state(self.run_id, stages)
+            return []
+        return stages if isinstance(stages, list) else []
+
+    def load_state(self) -> RunState:
+        """The typed state. A missing state.json gives the initial state; unreadable or wrongly shaped JSON raises
+        StateError with a one-line reason."""
+        stages = self._plan_stages()
+        try:
+            raw = self.state_json.read_bytes()
+        except FileNotFoundError:
+            return RunState.initial(self.run_id, stages)
+        except OSError as e:
+            raise StateError(f"state.json is unreadable ({_one_line(e)})") from None
+        try:
+            obj = json.loads(raw or b"null")
+        except ValueError as e:
+            raise StateError(f"state.json is unreadable ({_one_line(e)})") from None
+        try:
+            st = RunState.from_json(obj, n_stages=len(stages) if stages else None)
+        except StateError as e:
+            raise StateError(f"state.json has the wrong shape: {e}") from None
+        if not st.run_id:
+            st.run_id = self.run_id
+        return st
+
+    def read_state(self) -> dict:
+        """state.json as a validated dict; the initial state when it is missing or cannot be trusted (never raises
+        for a run with a plan: `state_problem()` tells why)."""
+        try:
+            return self.load_state().to_json()
+        except StateError:
+            return RunState.initial(self.run_id, self._plan_stages()).to_json()
 
     def state_problem(self) -> str | None:
-        """Why run.json or state.json cannot be trusted (present but not a JSON object), else None."""
-        for path in (self.run_json, self.state_json):
-            try:
-                obj = json.loads(path.read_bytes() or b"null")
-            except FileNotFoundError:
-                if path == self.run_json:
-                    return f"{path.name} is missing"
-                continue
-            except (OSError, ValueError) as e:
-                return f"{path.name} is unreadable ({_one_line(e)})"
-            if not isinstance(obj, dict):
-                return f"{path.name} is unreadable (not a JSON object)"
+        """Why run.json or state.json cannot be trusted (unreadable, not an object, wrong shape), else None."""
+        try:
+            obj = json.loads(self.run_json.read_bytes() or b"null")
+        except FileNotFoundError:
+            return "run.json is missing"
+        except (OSError, ValueError) as e:
+            return f"run.json is unreadable ({_one_line(e)})"
+        if not isinstance(obj, dict):
+            return "run.json is unreadable (not a JSON object)"
+        if not isinstance(obj.get("stages", []), list):
+            return "run.json has the wrong shape: stages is not a list"
+        try:
+            self.load_state()
+        except StateError as e:
+            return str(e)
         return None
 
-    def write_state(self, state: dict) -> None:
-        state["updated"] = time.time()
-        atomic_write_json(self.state_json, state)
+    def write_state(self, state: "RunState | dict") -> None:
+        """Atomic, complete-or-nothing; raises OSError (e.g. ENOSPC) with the old state.json left intact."""
+        obj = state.to_json() if isinstance(state, RunState) else state
+        if isinstance(state, RunState):
+            state.updated = time.time()
+        obj["updated"] = time.time()
+        atomic_write_json(self.state_json, obj)
 
     def update_state(self, **changes: Any) -> dict:
         st = self.read_state()
@@ -198,12 +242,21 @@ class RunDir:
 
     # ---- events -------------------------------------------------------------------------------
     def append_event(self, type: str, **fields: Any) -> dict:
-        """Append `{t, type, ...fields}` as one line (O_APPEND: whole lines even with several writers)."""
+        """Append `{t, type, ...fields}` as one line (O_APPEND: whole lines even with several writers); nanotui's
+        writers check kinds and fields with core.runstate.make_event first. Raises OSError (ENOSPC...); a partly written line is cut back."""
         ev = {"t": round(time.time(), 3), "type": type, **fields}
         line = (json.dumps(ev, default=str) + "\n").encode()
         fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, line)
+            start = os.fstat(fd).st_size
+            try:
+                write_all(fd, line)
+            except OSError:
+                try:
+                    os.ftruncate(fd, start)  # never leave a torn line that would glue onto the next one
+                except OSError:
+                    pass
+                raise
         finally:
             os.close(fd)
         return ev
@@ -288,8 +341,8 @@ class RunDir:
         alive = self.supervisor_alive()
         phase = st.get("phase") or "starting"
         state = {"starting": "running"}.get(phase, phase)
-        problem = self.state_problem()
-        if problem and not alive:
+        problem = self.state_problem() or st.get("problem")
+        if self.state_problem() and not alive:
             state = "corrupt"
         elif state in ("running", "waiting") and not alive:
             from nanotui.runtime.procs import pid_matches  # local: procs imports psutil
@@ -302,10 +355,17 @@ class RunDir:
             "attempt": st.get("attempt"), "profile": plan.get("profile"),
             "supervisor_alive": alive, "supervisor_pid": st.get("supervisor_pid"),
             "stage_pid": st.get("stage_pid"), "last_checkpoint": st.get("last_checkpoint"),
-            "pending_oom": st.get("pending_oom"), "reason": st.get("reason"),
+            "pending_oom": st.get("pending_oom"), "reason": shown(st.get("reason")),
             "grace": st.get("grace", plan.get("grace")), "updated": st.get("updated"),
-            "path": str(self.path), "problem": problem,
+            "path": str(self.path), "problem": shown(problem),
         }
+
+
+def shown(text: Any, limit: int = 400) -> str | None:
+    """Text from logs/state made safe for a terminal: ANSI/OSC escapes and control characters removed, one line."""
+    if text is None:
+        return None
+    return sanitize_message(clean_line(str(text)), limit)
 
 
 def _one_line(exc: Exception) -> str:

@@ -2,7 +2,9 @@
 
 Usage: python stagewrap.py EXIT_FILE -- CMD...  (stdlib only; started as a file path so it needs no PYTHONPATH).
 The wrapper leads the stage's process group. It ignores-by-handler TERM/INT/HUP (the child still gets them from
-the group signal, and handlers — unlike SIG_IGN — are not inherited across exec), waits for the child and writes
+the group signal, and handlers — unlike SIG_IGN — are not inherited across exec) but notes each one in
+`EXIT_FILE.signals` (one name per line): a supervisor that is itself being terminated (logout: the whole session
+gets SIGTERM) sees that the stage already got its SIGTERM and does not send a second one. It waits for the child and writes
 `{"exit_code": N, "signal": S|null, "pid": child_pid, "ended": t}`. A supervisor that was killed meanwhile can
 still learn how the attempt ended by reading this file."""
 import json
@@ -18,8 +20,18 @@ def main(argv: list[str]) -> int:
         print("usage: stagewrap.py EXIT_FILE -- CMD...", file=sys.stderr)
         return 2
     exit_file, cmd = argv[0], argv[2:]
+
+    def note(signum, frame):
+        try:
+            fd = os.open(f"{exit_file}.signals", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, f"{signal.Signals(signum).name}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: None)
+        signal.signal(sig, note)
     try:
         child = subprocess.Popen(cmd)
     except OSError as e:
@@ -37,11 +49,21 @@ def main(argv: list[str]) -> int:
         if rc < 0:
             rc = 128 - rc
     tmp = f"{exit_file}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"exit_code": rc, "signal": sig, "pid": pid, "ended": time.time()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, exit_file)
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"exit_code": rc, "signal": sig, "pid": pid, "ended": time.time()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, exit_file)
+    except OSError as e:  # e.g. a full disk: the supervisor then reports the attempt as ended without an exit code
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        try:
+            print(f"error: cannot record the exit code {rc} in {exit_file}: {e}", flush=True)
+        except OSError:
+            pass
     return rc if rc < 256 else 1
 
 

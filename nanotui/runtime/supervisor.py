@@ -1,38 +1,50 @@
 """The detached supervisor daemon: owns one run (flock), runs its stages, tails logs, applies the OOM policy.
 
-Design (re-adoption and exit codes): each stage attempt runs under `stagewrap.py`, which leads the attempt's
-process group and writes the child's exit status to `logs/<attempt>.exit`. The child's stdout/stderr go straight
-into `logs/<attempt>.log` (no pipe through the supervisor), so the supervisor only tails files. If the supervisor
-dies (even SIGKILL), the stage keeps running and writing; a new supervisor (`nanotui resume`, or
-`python -m nanotui.runtime.supervisor RUN_DIR`) finds `stage_pid` (+ its create time, against pid reuse) alive in
-state.json, re-parses the log from the start to rebuild step/checkpoint state, keeps tailing, and learns the end
-from the `.exit` file. Run as `python -m nanotui.runtime.supervisor RUN_DIR [--resume [--step S] [--device-bs B]]`.
+Re-adoption and exit codes (docs/CONTRACTS.md "Supervisor"): each stage attempt runs under `stagewrap.py`, which
+leads the attempt's process group and writes the child's exit status to `logs/<attempt>.exit`. The child's output
+goes straight into `logs/<attempt>.log`, so the supervisor only tails files. If the supervisor dies (even SIGKILL),
+the stage keeps running; a new supervisor (`nanotui resume`, or `python -m nanotui.runtime.supervisor RUN_DIR`)
+finds `stage_pid` (+ its create time, against pid reuse) alive in state.json, re-parses the log, keeps tailing,
+and learns the end from the `.exit` file. The whole process tree of a stage (torchrun ranks run in sessions of
+their own) is remembered in state.json and verified gone after every attempt.
+Run as `python -m nanotui.runtime.supervisor RUN_DIR [--resume [--step S] [--device-bs B]]`.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from nanotui.core import oom as policy
+from nanotui.core.argvflags import flag_value
 from nanotui.core.events import CheckpointSaved, Config, Error, Oom, Step
 from nanotui.core.logparse import LogParser
+from nanotui.core.runstate import (DISK_FULL, EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest,
+                                   PendingOomRecord, RestartRequest, RunState, StopRequest, make_event)
 from nanotui.runtime import procs
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
-from nanotui.runtime.rundir import RunDir
+from nanotui.runtime.rundir import RunDir, shown, write_all
 from nanotui.runtime.tail import LogTailer
 
 DEFAULT_STOP_TIMEOUT = 120.0  # seconds between SIGTERM and SIGKILL (a d20 checkpoint takes a while)
 POLL = 0.2
+SIGNAL_SETTLE_S = 2.0   # after our own SIGTERM/SIGHUP: how long to look for the stage having got one too
+OOM_TAIL_LINES = 40     # an OOM decides the attempt's fate only when its signature is among its last lines
+RESERVE_NAME, RESERVE_BYTES = ".disk_reserve", 16 * 1024
+DISK_RECHECK_S = 5.0    # while the disk is full: how often to try to take the reserve back
+TREE_EVERY_S = 1.0      # how often the stage's process tree is re-read (and saved for a later re-adoption)
 
 
 class SupervisorBusy(RuntimeError):
@@ -43,9 +55,10 @@ class SupervisorBusy(RuntimeError):
 class AttemptEnd:
     exit_code: int | None        # None: the attempt vanished without an exit file (killed with its wrapper)
     signal: int | None
-    oom: Oom | None
-    error: str | None
+    oom: Oom | None              # an OOM signature at the end of the attempt (None if an OOM line was followed
+    error: str | None            # by another error): `error` is the last error the attempt printed
     last_step: int | None
+    last_line: str | None = None
 
 
 def acquire_lock(rd: RunDir) -> int:
@@ -58,8 +71,11 @@ def acquire_lock(rd: RunDir) -> int:
         pid = rd.read_state().get("supervisor_pid")
         raise SupervisorBusy(f"run {rd.run_id} already has a supervisor (pid {pid}); "
                              f"use `nanotui attach {rd.run_id}` or `nanotui stop {rd.run_id}`") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass  # the pid in the lock file is a courtesy; the flock is what counts
     return fd
 
 
@@ -71,21 +87,17 @@ def stage_argv(stage: dict, device_bs: int | None, resume) -> list[str]:
     return argv_with(stage, device_bs=device_bs, resume=resume)
 
 
-def _flag_value(argv: list[str], name: str) -> str | None:
-    for i, a in enumerate(argv):
-        for spelled in (f"--{name}", f"--{name.replace('_', '-')}"):
-            if a.startswith(spelled + "="):
-                return a.split("=", 1)[1]
-            if a == spelled and i + 1 < len(argv):
-                return argv[i + 1]
-    return None
-
-
 def _int_or_none(v):
+    if isinstance(v, bool):
+        return None
     try:
         return int(v)
     except (TypeError, ValueError):
         return None
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Supervisor:
@@ -94,48 +106,109 @@ class Supervisor:
         self.rd = rd
         self.plan = rd.read_plan()
         self.stages: list[dict] = self.plan["stages"]
-        self.state = rd.read_state()
+        self.state: RunState = rd.load_state()
         self.resume = resume
         self.resume_step = resume_step
         self.resume_device_bs = resume_device_bs
         self.stop_timeout = float(self.plan.get("stop_timeout", DEFAULT_STOP_TIMEOUT))
         self.gpu_interval = float(self.plan.get("gpu_interval", 1.0))
-        grace = self.state.get("grace")
+        grace = self.state.grace
         if grace is None:
             grace = self.plan.get("grace")
         self.oom_state = policy.OomState(grace=policy.parse_grace(
             grace if grace is not None else policy.DEFAULT_GRACE_S))
         self.lock = threading.RLock()
-        self.request = None           # ("stop", reason) | ("restart", device_bs, resume, why)
+        self.request: StopRequest | RestartRequest | OomStopRequest | None = None
+        self.own_signal: str | None = None   # set when the supervisor itself got SIGTERM/SIGHUP
         self.server: ControlServer | None = None
         self.gpu = gpu_backend
         self._gpu_stop = threading.Event()
         self._last_state_write = 0.0
-        self._pgid: int | None = None
+        self._disk_full_where: str | None = None
+        self._disk_checked = 0.0
+        self._lost_events = 0
 
-    # ---- state and events ---------------------------------------------------------------------
+    # ---- state and events (a full disk is reported, never fatal) -----------------------------------
+    # A small reserve file in the run dir is given up when the disk fills, so that state.json can still say so.
+    def _make_reserve(self) -> bool:
+        path = self.rd.path / RESERVE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                write_all(fd, b"\0" * RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        except OSError:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return False
+
+    def _release_reserve(self) -> None:
+        try:
+            (self.rd.path / RESERVE_NAME).unlink()
+        except OSError:
+            pass
+
+    def _disk_trouble(self, where: str, e: OSError) -> None:
+        if self._disk_full_where is not None:
+            return
+        self._disk_full_where = where
+        self._disk_checked = time.monotonic()
+        what = DISK_FULL if _is_disk_full(e) else "write error"
+        self.state.problem = f"{what}: cannot write {where} ({e.strerror or e}); the stage goes on, free some space"
+        print(f"warning: {self.state.problem}", file=sys.stderr, flush=True)
+        if self.server:
+            self.server.broadcast({"notify": "disk_full", "message": f"run {self.rd.run_id}: {self.state.problem}"})
+        self._release_reserve()
+        self.event("disk_full", where=where, error=str(e), message=self.state.problem)
+        self.save_state()
+
+    def _disk_ok(self) -> None:
+        where, self._disk_full_where = self._disk_full_where, None
+        self.state.problem = None
+        self.event("disk_ok", where=where, message=f"disk space is back ({self._lost_events} event(s) were lost)")
+        self.save_state()
+
     def save_state(self, force: bool = True) -> None:
         now = time.time()
         if not force and now - self._last_state_write < 0.5:
             return
         self._last_state_write = now
         with self.lock:
-            self.rd.write_state(self.state)
+            try:
+                self.rd.write_state(self.state)
+            except OSError as e:
+                self._disk_trouble("state.json", e)
+                return
+        if self._disk_full_where is not None and time.monotonic() - self._disk_checked > DISK_RECHECK_S:
+            self._disk_checked = time.monotonic()
+            if self._make_reserve():
+                self._disk_ok()
 
     def event(self, type: str, notify: str | None = None, message: str | None = None, **fields) -> dict:
-        ev = self.rd.append_event(type, **({"message": message} if message else {}), **fields)
+        make_event(type, **fields)  # one vocabulary: an unknown kind or field is a bug, caught by the tests
+        try:
+            ev = self.rd.append_event(type, **({"message": message} if message else {}), **fields)
+        except OSError as e:
+            self._lost_events += 1
+            ev = {"t": round(time.time(), 3), "type": type, **fields}
+            self._disk_trouble("events.jsonl", e)
         if notify and self.server:
             self.server.broadcast({"notify": notify, "message": message or type, "event": ev})
         return ev
 
     def set_phase(self, phase: str, reason: str | None = None) -> None:
-        self.state["phase"] = phase
+        self.state.phase = phase
         if reason is not None or phase in ("running", "starting"):
-            self.state["reason"] = reason
+            self.state.reason = reason
         self.save_state()
 
-    def stage_rec(self, idx: int) -> dict:
-        return self.state["stages"][idx]
+    def stage_rec(self, idx: int):
+        return self.state.stages[idx]
 
     # ---- control commands (called on control threads) -----------------------------------------
     def handle(self, req: dict) -> dict:
@@ -143,15 +216,15 @@ class Supervisor:
         args = {k: v for k, v in req.items() if k != "cmd"}
         if cmd == "status":
             with self.lock:
-                return {"ok": True, "state": dict(self.state), "summary": self.rd.status_summary()}
+                return {"ok": True, "state": self.state.to_json(), "summary": self.rd.status_summary()}
         if cmd not in ("stop", "fallback", "retry", "resume", "set_grace"):
             return {"ok": False, "error": f"unknown command {cmd!r}; expected status, stop, fallback, retry, "
                                           f"resume, set_grace or subscribe"}
-        self.rd.append_event("command", cmd=cmd, args=args)
+        self.event("command", cmd=cmd, args=args)
         with self.lock:
             waiting = self.oom_state.phase == "waiting"
             if cmd == "stop":
-                self.request = ("stop", args.get("reason") or "stopped by user")
+                self.request = StopRequest(args.get("reason") or "stopped by user")
                 return {"ok": True, "message": "stopping: the stage gets SIGTERM, then SIGKILL after "
                                                f"{self.stop_timeout:g}s"}
             if cmd == "set_grace":
@@ -160,9 +233,9 @@ class Supervisor:
                 except ValueError as e:
                     return {"ok": False, "error": str(e)}
                 self._apply_policy(policy.SetGrace(grace, time.time()))
-                self.state["grace"] = grace
-                if self.state.get("pending_oom") and self.oom_state.pending:
-                    self.state["pending_oom"]["deadline"] = self.oom_state.pending.deadline
+                self.state.grace = grace
+                if self.state.pending_oom and self.oom_state.pending:
+                    self.state.pending_oom.deadline = self.oom_state.pending.deadline
                 self.save_state()
                 return {"ok": True, "grace": grace}
             if cmd == "fallback":
@@ -174,7 +247,7 @@ class Supervisor:
                     return {"ok": False, "error": rej} if rej else {"ok": True, "device_bs": b}
                 if not self._current_trains():
                     return {"ok": False, "error": "the current stage does not train; nothing to fall back"}
-                self.request = ("restart", b, "latest", f"fallback to device_batch_size={b} requested")
+                self.request = RestartRequest(b, "latest", f"fallback to device_batch_size={b} requested")
                 return {"ok": True, "device_bs": b, "message": "restarting the stage from its newest checkpoint"}
             if cmd == "retry":
                 if not waiting:
@@ -190,15 +263,14 @@ class Supervisor:
                     return {"ok": False, "error": "device_bs must be a positive integer"}
                 if not self._current_trains():
                     return {"ok": False, "error": "the current stage does not train; nothing to resume"}
-                b = int(b) if b is not None else self.state.get("device_bs")
-                self.request = ("restart", b, int(step) if step is not None else "latest",
-                                "resume requested")
+                b = int(b) if b is not None else self.state.device_bs
+                self.request = RestartRequest(b, int(step) if step is not None else "latest", "resume requested")
                 self.oom_state = policy.decide(self.oom_state, policy.Resumed(b))[0]
                 return {"ok": True, "device_bs": b, "step": step if step is not None else "latest"}
         return {"ok": False, "error": "unreachable"}
 
     def _current_trains(self) -> bool:
-        idx = self.state.get("stage_index") or 0
+        idx = self.state.stage_index
         return idx < len(self.stages) and bool(self.stages[idx].get("trains"))
 
     def _apply_policy(self, ev) -> str | None:
@@ -209,62 +281,107 @@ class Supervisor:
                 if isinstance(a, policy.Reject):
                     return a.reason
                 if isinstance(a, policy.Restart):
-                    self.request = ("restart", a.device_bs, a.from_step, "oom policy")
+                    self.request = RestartRequest(a.device_bs, a.from_step, "oom policy")
                 elif isinstance(a, policy.Stop):
-                    self.request = ("oom_stop", a.reason)
+                    self.request = OomStopRequest(a.reason)
                 elif isinstance(a, policy.Notify) and a.kind == "oom":
                     # fallback/retry/stopped are announced with their events by the caller
                     if self.server:
                         self.server.broadcast({"notify": a.kind, "message": a.message})
-                elif isinstance(a, policy.Wait):
-                    pass
         return None
+
+    def on_signal(self, signum: int) -> None:
+        """Our own SIGTERM (logout, shutdown): stop the stage cleanly — with no second SIGTERM if the
+        stage got one from the same source — then exit."""
+        name = signal.Signals(signum).name
+        if self.own_signal is None:
+            self.own_signal = name
+            with self.lock:
+                if not isinstance(self.request, StopRequest):
+                    self.request = StopRequest(f"supervisor received {name}")
 
     # ---- GPU sampling -------------------------------------------------------------------------
     def _gpu_loop(self) -> None:
         if self.gpu is None:
             self.gpu = open_backend()
         while not self._gpu_stop.wait(self.gpu_interval):
-            pid = self.state.get("stage_pid")
+            pid = self.state.stage_pid
             pids = procs.tree_pids(pid) if pid else []
             try:
                 self.rd.append_gpu(self.gpu.sample(pids))
-            except Exception as e:  # never let sampling take the supervisor down
+            except Exception as e:  # never let sampling (or a full disk) take the supervisor down
                 print(f"gpu sample failed: {e}", file=sys.stderr, flush=True)
 
     # ---- one attempt --------------------------------------------------------------------------
-    def _spawn(self, idx: int, argv: list[str], device_bs: int | None) -> tuple[subprocess.Popen, Path, Path]:
-        stage = self.stages[idx]
-        rec = self.stage_rec(idx)
-        rec["attempts"] = int(rec.get("attempts") or 0) + 1
-        attempt = rec["attempts"]
-        log = self.rd.log_path(idx, stage["name"], attempt)
-        exit_file = RunDir.exit_path(log)
-        try:
-            exit_file.unlink()
-        except FileNotFoundError:
-            pass
+    def _stage_env(self, stage: dict) -> dict:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (stage.get("env") or {}).items()})
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("NANOCHAT_BASE_DIR", str(self.plan.get("base_dir") or ""))
         if not env["NANOCHAT_BASE_DIR"]:
             env.pop("NANOCHAT_BASE_DIR")
-        if self.state.get("stage_index") != idx or self.state.get("stage") != stage["name"]:
-            self.state.update(step=None, total=None)
-        proc = procs.spawn_stage(argv, env=env, cwd=self.plan.get("cwd"), log_path=log, exit_path=exit_file)
-        rec.update(state="running", started=rec.get("started") or time.time(), ended=None, exit_code=None,
-                   device_bs=device_bs)
-        self.state.update(phase="running", stage_index=idx, stage=stage["name"], attempt=attempt,
-                          stage_pid=proc.pid, stage_pid_created=procs.create_time(proc.pid),
-                          device_bs=device_bs, log=str(log.relative_to(self.rd.path)), reason=None,
-                          pending_oom=None)
-        self.state["seq_len"] = _int_or_none(_flag_value(argv, "max_seq_len")) or self.state.get("seq_len")
-        self.state["wandb_run"] = _flag_value(argv, "run") or self.state.get("wandb_run")
+        # nanochat's checkpoint lineage: a stage resumes, loads and prunes only checkpoints of this run
+        env["NANOCHAT_RUN_ID"] = self.rd.run_id
+        # torchrun's agent SIGKILLs its ranks this long after forwarding a SIGTERM: the same as ours
+        env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(max(1, math.ceil(self.stop_timeout)))
+        return env
+
+    def _spawn(self, idx: int, argv: list[str], device_bs: int | None):
+        """Start an attempt; returns (proc, log, exit_file), or None when it could not start (stage failed)."""
+        stage = self.stages[idx]
+        rec = self.stage_rec(idx)
+        rec.attempts = int(rec.attempts or 0) + 1
+        attempt = rec.attempts
+        log = self.rd.log_path(idx, stage["name"], attempt)
+        exit_file = RunDir.exit_path(log)
+        for stale in (exit_file, Path(f"{exit_file}.signals")):
+            try:
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        if self.state.stage_index != idx or self.state.stage != stage["name"]:
+            self.state.step = self.state.total = None
+        self.state.stage_index, self.state.stage, self.state.attempt = idx, stage["name"], attempt
+        try:
+            proc = procs.spawn_stage(argv, env=self._stage_env(stage), cwd=self.plan.get("cwd"), log_path=log,
+                                     exit_path=exit_file)
+        except OSError as e:
+            where = f" in {self.plan.get('cwd')}" if isinstance(e, FileNotFoundError) and self.plan.get("cwd") \
+                and not os.path.isdir(self.plan["cwd"]) else ""
+            reason = f"{stage['name']}: cannot start the stage{where}: {e.strerror or e}"
+            rec.state, rec.reason, rec.ended = "failed", reason, time.time()
+            self.state.stage_pid = None
+            self.state.pending_oom = None
+            self.set_phase("failed", reason)
+            self.event("spawn_failed", stage=stage["name"], index=idx, attempt=attempt, error=str(e))
+            self.event("failed", notify="failed", message=reason, stage=stage["name"], reason=reason)
+            return None
+        rec.state, rec.started, rec.ended, rec.exit_code, rec.device_bs, rec.reason = \
+            "running", rec.started or time.time(), None, None, device_bs, None
+        st = self.state
+        st.stage_pid, st.stage_pid_created = proc.pid, procs.create_time(proc.pid)
+        st.device_bs, st.log, st.reason, st.pending_oom = device_bs, str(log.relative_to(self.rd.path)), None, None
+        st.phase = "running"
+        st.extra["stage_tree"] = [[proc.pid, st.stage_pid_created]] if st.stage_pid_created else []
+        st.seq_len = _int_or_none(flag_value(argv, "max_seq_len")) or st.seq_len
+        st.wandb_run = flag_value(argv, "run") or st.wandb_run
         self.save_state()
         self.event("stage_started", stage=stage["name"], index=idx, attempt=attempt, argv=argv,
-                   device_bs=device_bs, log=self.state["log"], pid=proc.pid)
+                   device_bs=device_bs, log=st.log, pid=proc.pid)
         return proc, log, exit_file
+
+    def _stage_got_signal(self, exit_file: Path) -> bool:
+        """The stage's wrapper noted a TERM/INT/HUP (sent by someone else, e.g. a logout hitting the session)."""
+        try:
+            return bool(Path(f"{exit_file}.signals").read_text().strip())
+        except OSError:
+            return False
+
+    def _remember_tree(self, pid: int) -> list:
+        snap = procs.merge_snapshots([tuple(x) for x in self.state.extra.get("stage_tree") or []],
+                                     procs.tree_snapshot(pid))
+        self.state.extra["stage_tree"] = [[p, ct] for p, ct in snap]
+        return snap
 
     def _watch(self, idx: int, log: Path, exit_file: Path, proc: subprocess.Popen | None,
                catch_up: bool = False) -> AttemptEnd:
@@ -272,36 +389,38 @@ class Supervisor:
         stage = self.stages[idx]
         parser = LogParser(kind=stage.get("log_kind"))
         tailer = LogTailer(log)
-        pid, created = self.state["stage_pid"], self.state.get("stage_pid_created")
-        self._pgid = pid
-        oom_ev: Oom | None = None
-        error: str | None = None
+        pid, created = self.state.stage_pid, self.state.stage_pid_created
+        tail = deque(maxlen=OOM_TAIL_LINES)   # the attempt's last lines (OOM must be at the end)
+        last = {"oom": None, "oom_at": -1, "error": None, "error_at": -1, "n": 0}
         term_sent_at: float | None = None
+        stop_seen_at: float | None = None
         killed = False
+        tree_at = 0.0
         quiet = catch_up  # while re-reading an adopted log, don't repeat its events
 
         def consume(lines: list[str]) -> None:
-            nonlocal oom_ev, error
             for line in lines:
-                if line.startswith("error: "):
-                    error = line[7:].strip()
+                last["n"] += 1
+                if line.strip():
+                    tail.append(line)
+                if line.startswith("error: ") or line.startswith("Disk full:"):
+                    last["error"], last["error_at"] = line.strip(), last["n"]
                 for ev in parser.feed(line + "\n"):
                     t = type(ev)
                     if t is Step:
-                        self.state["step"], self.state["total"] = ev.step, ev.total
+                        self.state.step, self.state.total = ev.step, ev.total
                     elif t is CheckpointSaved:
-                        ck = {"stage": stage["name"], "step": ev.step, "path": ev.path}
-                        self.state["last_checkpoint"] = ck
+                        self.state.last_checkpoint = CheckpointRef(stage["name"], ev.step, ev.path)
                         if not quiet:
-                            self.event("checkpoint", **ck)
+                            self.event("checkpoint", stage=stage["name"], step=ev.step, path=ev.path)
                     elif t is Oom:
-                        oom_ev = ev
+                        last["oom"], last["oom_at"] = ev, last["n"]
                     elif t is Error:
-                        error = f"{ev.exc_type}: {ev.message}"
+                        last["error"], last["error_at"] = f"{ev.exc_type}: {ev.message}", last["n"]
                     elif t is Config and ev.key == "total_batch_size":
-                        self.state["total_batch_size"] = ev.value.get("total_batch_size")
+                        self.state.total_batch_size = ev.value.get("total_batch_size")
                     elif t is Config and ev.key == "micro_batch":
-                        self.state["seq_len"] = ev.value.get("seq_len") or self.state.get("seq_len")
+                        self.state.seq_len = ev.value.get("seq_len") or self.state.seq_len
 
         if catch_up:
             while True:
@@ -313,26 +432,41 @@ class Supervisor:
             self.save_state()
         while True:
             consume(tailer.read_lines())
+            now = time.monotonic()
+            if now - tree_at >= TREE_EVERY_S:
+                tree_at = now
+                self._remember_tree(pid)
             self.save_state(force=False)
             ended = (proc.poll() is not None) if proc is not None else not procs.pid_matches(pid, created)
             if ended:
                 break
             with self.lock:
                 req = self.request
-            if req and term_sent_at is None and req[0] in ("stop", "restart"):
-                procs.signal_group(pid, signal.SIGTERM)
-                term_sent_at = time.monotonic()
-                self.event("stopping", stage=stage["name"], why=req[-1] if req[0] == "restart" else req[1],
-                           pgid=pid)
-            if term_sent_at is not None and not killed and time.monotonic() - term_sent_at > self.stop_timeout:
+            if isinstance(req, (StopRequest, RestartRequest)) and term_sent_at is None:
+                if stop_seen_at is None:
+                    stop_seen_at = now
+                    self._remember_tree(pid)
+                external = self._stage_got_signal(exit_file)
+                # after our own SIGTERM, give the session-wide signal a moment to show up at the stage
+                settling = self.own_signal is not None and now - stop_seen_at < SIGNAL_SETTLE_S
+                if external or not settling:
+                    why = req.why if isinstance(req, RestartRequest) else req.reason
+                    if not external:
+                        procs.signal_group(pid, signal.SIGTERM)
+                    term_sent_at = now
+                    self.event("stopping", stage=stage["name"], why=why, pgid=pid,
+                               message=None if not external else "the stage already received a termination "
+                               "signal; not sending another (only SIGKILL escalates)")
+            if term_sent_at is not None and not killed and now - term_sent_at > self.stop_timeout:
+                snap = self._remember_tree(pid)
                 procs.signal_group(pid, signal.SIGKILL)
+                hit = procs.kill_snapshot(snap)
                 killed = True
-                self.event("killed", stage=stage["name"], after_s=self.stop_timeout)
+                self.event("killed", stage=stage["name"], after_s=self.stop_timeout, pids=hit)
             time.sleep(POLL)
-        # the wrapper is gone; make sure nothing of the group lingers, then read the exit file
-        if procs.group_alive(pid):
-            procs.stop_group(pid, timeout=5)
-        deadline = time.monotonic() + 2.0
+        self._reap_tree(stage["name"], pid, term_sent_at)
+        # the wrapper writes the exit file before it exits: a short grace for the rename to show is enough
+        deadline = time.monotonic() + 0.3
         while not exit_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         consume(tailer.read_lines())
@@ -341,20 +475,54 @@ class Supervisor:
         tailer.close()
         for ev in parser.flush():
             if isinstance(ev, Oom):
-                oom_ev = ev
+                last["oom"], last["oom_at"] = ev, last["n"]
         try:
             info = json.loads(exit_file.read_text())
             code, sig = info.get("exit_code"), info.get("signal")
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError, AttributeError):
             code, sig = None, None
-        self._pgid = None
-        return AttemptEnd(code, sig, oom_ev, error, parser.last_step)
+        # an OOM counts only at the end of the attempt, and only if no other error followed it
+        oom = last["oom"]
+        if oom is not None and (last["n"] - last["oom_at"] >= OOM_TAIL_LINES or last["error_at"] > last["oom_at"]
+                                and not _oomish(last["error"])):
+            oom = None
+        self.state.extra.pop("stage_tree", None)
+        return AttemptEnd(code, sig, oom, last["error"], parser.last_step, tail[-1] if tail else None)
+
+    def _reap_tree(self, name: str, pid: int, term_sent_at: float | None) -> None:
+        """The wrapper is gone: make sure nothing of the stage's tree (ranks in other sessions included) lingers.
+        Leftovers get SIGTERM, the rest of the stop timeout, then SIGKILL; the result is verified."""
+        snap = procs.merge_snapshots([tuple(x) for x in self.state.extra.get("stage_tree") or []])
+        left = procs.alive_of(snap)
+        if not left and not procs.group_alive(pid):
+            return
+        self.event("escaped", stage=name, pids=[p for p, _ in left],
+                   message=f"{name}: {len(left)} process(es) of the stage outlived it; stopping them")
+        if term_sent_at is None:  # (after a stop they already got their one SIGTERM: only SIGKILL escalates)
+            procs.signal_group(pid, signal.SIGTERM)
+            procs.kill_snapshot(left, signal.SIGTERM)
+        limit = self.stop_timeout if term_sent_at is None else max(0.0, self.stop_timeout -
+                                                                  (time.monotonic() - term_sent_at))
+        deadline = time.monotonic() + limit
+        while (procs.alive_of(left) or procs.group_alive(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(50):
+            if not procs.alive_of(left) and not procs.group_alive(pid):
+                return
+            procs.signal_group(pid, signal.SIGKILL)
+            procs.kill_snapshot(left)
+            time.sleep(0.1)
+        still = [p for p, _ in procs.alive_of(left)]
+        if still:
+            self.event("escaped", stage=name, pids=still,
+                       message=f"{name}: processes {still} survive SIGKILL (stuck in the kernel?)")
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
-        self.state["supervisor_pid"] = os.getpid()
-        if self.state.get("grace") is None:
-            self.state["grace"] = self.oom_state.grace
+        self.state.supervisor_pid = os.getpid()
+        self._make_reserve()
+        if self.state.grace is None:
+            self.state.grace = self.oom_state.grace
         self.server = ControlServer(self.rd.socket_path, self.handle).start()
         threading.Thread(target=self._gpu_loop, name="gpu", daemon=True).start()
         try:
@@ -369,15 +537,15 @@ class Supervisor:
     def _first_action(self):
         """Where to begin: adopt a live attempt, account for one that ended unsupervised, resume, or start."""
         st = self.state
-        idx = int(st.get("stage_index") or 0)
-        live = st.get("phase") in ("starting", "running", "waiting")
-        if live and procs.pid_matches(st.get("stage_pid"), st.get("stage_pid_created")) and st.get("log"):
+        idx = st.stage_index
+        if st.live and procs.pid_matches(st.stage_pid, st.stage_pid_created) and st.log:
             return ("adopt", idx)
-        if idx < len(self.stages) and self.stage_rec(idx).get("state") == "running" and st.get("log"):
+        rec = st.record(idx)
+        if rec is not None and rec.state == "running" and st.log:
             return ("ended_unsupervised", idx)
         if self.resume:
             return ("resume", idx)
-        if st.get("phase") in ("done",):
+        if st.phase == "done":
             return ("finished", idx)
         return ("start", idx)
 
@@ -392,30 +560,32 @@ class Supervisor:
                        stages=[s["name"] for s in self.stages], supervisor_pid=os.getpid())
         end = None
         if kind in ("adopt", "ended_unsupervised"):
-            log = self.rd.path / self.state["log"]
-            self.event("adopted", notify=None, stage=self.state.get("stage"), pid=self.state.get("stage_pid"),
-                       attempt=self.state.get("attempt"), still_running=(kind == "adopt"))
+            log = self.rd.path / self.state.log
+            self.event("adopted", stage=self.state.stage, pid=self.state.stage_pid,
+                       attempt=self.state.attempt, still_running=(kind == "adopt"))
             end = self._watch(idx, log, RunDir.exit_path(log), proc=None, catch_up=True)
             if self.resume and (end.exit_code != 0):
                 next_attempt = self._resume_attempt(idx)
                 end = None
         elif kind == "resume":
-            while idx < len(self.stages) and self.stage_rec(idx).get("state") == "done":
+            while idx < len(self.stages) and self.stage_rec(idx).state == "done":
                 idx += 1
             if idx < len(self.stages):
                 next_attempt = self._resume_attempt(idx)
         while idx < len(self.stages):
-            stage = self.stages[idx]
             if end is None:
-                if self.stage_rec(idx).get("state") == "done":
+                if self.stage_rec(idx).state == "done":
                     idx += 1
                     continue
                 with self.lock:
-                    if self.request and self.request[0] == "stop":
-                        return self._stopped(idx, self.request[1], None)
-                argv, bs = next_attempt or (stage_argv(stage, stage.get("device_bs"), None), stage.get("device_bs"))
+                    if isinstance(self.request, StopRequest):
+                        return self._stopped(idx, self.request.reason, None)
+                argv, bs = next_attempt or self._fresh_attempt(idx)
                 next_attempt = None
-                proc, log, exit_file = self._spawn(idx, argv, bs)
+                spawned = self._spawn(idx, argv, bs)
+                if spawned is None:
+                    return 1
+                proc, log, exit_file = spawned
                 end = self._watch(idx, log, exit_file, proc)
             outcome = self._after_attempt(idx, end)
             end = None
@@ -426,16 +596,47 @@ class Supervisor:
                 next_attempt = outcome
                 continue
             return outcome  # an exit code: the run stopped or failed
-        self.state.update(phase="done", stage_pid=None, reason=None, pending_oom=None)
+        self.state.phase, self.state.stage_pid, self.state.reason, self.state.pending_oom = "done", None, None, None
         self.save_state()
         self.event("done", notify="done", message=f"run {self.rd.run_id} finished all {len(self.stages)} stages")
         return 0
 
+    def _carried_bs(self, idx: int) -> tuple[int | None, str | None]:
+        """A batch size an earlier stage of this run had to fall back to at the same sequence length (SFT, with no
+        sequence length of its own, keeps its batch size). Returns (device_bs, the stage that found it)."""
+        stage = self.stages[idx]
+        seq, planned = stage.get("seq_len"), stage.get("device_bs")
+        if not stage.get("trains") or not seq or not planned:
+            return None, None
+        found = self.state.carried_bs.get(str(seq))
+        if not found or found >= planned:
+            return None, None
+        total, world = stage.get("total_batch_size"), int(stage.get("world_size") or 1)
+        bs = found
+        if total:  # the carried size must still divide this stage's total batch: the largest rung <= found
+            fits = [b for b in [planned] + policy.fallback_ladder(planned, total, seq, world) if b <= found]
+            bs = fits[0] if fits else None
+        src = self.state.extra.get("carried_from", {}).get(str(seq))
+        return bs, src
+
+    def _fresh_attempt(self, idx: int):
+        stage = self.stages[idx]
+        bs = stage.get("device_bs")
+        carried, src = self._carried_bs(idx)
+        if carried is not None:
+            bs = carried
+            self.event("carried_bs", notify="fallback", stage=stage["name"], device_bs=bs,
+                       seq_len=stage.get("seq_len"), from_stage=src,
+                       message=f"{stage['name']}: starting at device_batch_size={bs} (planned "
+                               f"{stage.get('device_bs')}): {src or 'an earlier stage'} needed it at "
+                               f"seq len {stage.get('seq_len')}")
+        return stage_argv(stage, bs, None), bs
+
     def _resume_attempt(self, idx: int):
         stage = self.stages[idx]
-        bs = self.resume_device_bs or self.state.get("device_bs") or stage.get("device_bs")
-        if self.state.get("stage_index") != idx:
-            bs = self.resume_device_bs or stage.get("device_bs")
+        bs = self.resume_device_bs or self.state.device_bs or stage.get("device_bs")
+        if self.state.stage_index != idx:
+            bs = self.resume_device_bs or self._carried_bs(idx)[0] or stage.get("device_bs")
         step = self.resume_step if self.resume_step is not None else "latest"
         if stage.get("trains"):
             self.event("resumed", notify="resumed", message=f"{stage['name']}: resuming from "
@@ -448,71 +649,83 @@ class Supervisor:
 
     def _stopped(self, idx: int, reason: str, end: AttemptEnd | None) -> int:
         rec = self.stage_rec(idx)
-        rec.update(state="stopped", ended=time.time(), exit_code=end.exit_code if end else None)
-        self.state.update(stage_pid=None, pending_oom=None)
+        rec.state, rec.ended, rec.exit_code, rec.reason = "stopped", time.time(), end.exit_code if end else None, \
+            reason
+        self.state.stage_pid, self.state.pending_oom = None, None
+        if end is not None and end.exit_code not in (EXIT_STOPPED, 0, None) and self.own_signal is None:
+            reason += f" (the stage exited with code {end.exit_code})"
         self.set_phase("stopped", reason)
+        ck = self.state.last_checkpoint
         self.event("stopped", notify="stopped", message=f"{self.stages[idx]['name']}: {reason}",
                    stage=self.stages[idx]["name"], exit_code=end.exit_code if end else None,
-                   step=self.state.get("step"), last_checkpoint=self.state.get("last_checkpoint"))
+                   step=self.state.step, last_checkpoint=ck.to_json() if ck else None)
         return 0
+
+    def _crash_reason(self, name: str, end: AttemptEnd) -> str:
+        err = shown(end.error or end.last_line)
+        if end.exit_code is None:
+            return f"{name}: the stage vanished without an exit code (killed together with its wrapper?)"
+        if end.signal:
+            return f"{name}: killed by signal {end.signal}" + (f" ({err})" if err else "")
+        if end.exit_code == EXIT_STOPPED:
+            return f"{name}: stopped (exit 4) without a request from nanotui"
+        return f"{name}: exited with code {end.exit_code}" + (f" ({err})" if err else "")
 
     def _after_attempt(self, idx: int, end: AttemptEnd):
         """Decide what follows an attempt: 'next', (argv, device_bs) to restart, or a supervisor exit code."""
         stage = self.stages[idx]
         name = stage["name"]
         rec = self.stage_rec(idx)
-        rec.update(exit_code=end.exit_code, ended=time.time())
-        self.state["stage_pid"] = None
+        rec.exit_code, rec.ended = end.exit_code, time.time()
+        self.state.stage_pid = None
         with self.lock:
             req, self.request = self.request, None
-        if req and req[0] == "stop":
-            return self._stopped(idx, req[1], end)
-        if req and req[0] == "restart" and end.exit_code != 0:
-            _, bs, resume, why = req
-            self.event("retry" if bs == self.state.get("device_bs") else "fallback",
-                       notify="fallback" if bs != self.state.get("device_bs") else "retry",
-                       message=f"{name}: restarting at device_batch_size={bs} from {resume} ({why})",
-                       stage=name, from_bs=self.state.get("device_bs"), to_bs=bs, resume=resume, why=why)
-            return stage_argv(stage, bs, resume), bs
+        if isinstance(req, StopRequest):
+            return self._stopped(idx, req.reason, end)
+        if isinstance(req, RestartRequest) and end.exit_code != 0:
+            bs = req.device_bs
+            kind = "retry" if bs == self.state.device_bs else "fallback"
+            self.event(kind, notify=kind,
+                       message=f"{name}: restarting at device_batch_size={bs} from {req.resume} ({req.why})",
+                       stage=name, from_bs=self.state.device_bs, to_bs=bs, step=req.resume, why=req.why)
+            return stage_argv(stage, bs, req.resume), bs
         if end.exit_code == 0:
-            rec["state"] = "done"
-            total = self.state.get("total")
-            if isinstance(total, int) and isinstance(self.state.get("step"), int):
-                self.state["step"] = total  # step lines count from 0: a finished stage has done `total` steps
+            rec.state = "done"
+            st = self.state
+            if isinstance(st.total, int) and isinstance(st.step, int):
+                st.step = st.total  # step lines count from 0: a finished stage has done `total` steps
+            planned, seq = stage.get("device_bs"), stage.get("seq_len")
+            if stage.get("trains") and seq and planned and st.device_bs and st.device_bs < planned:
+                st.carried_bs[str(seq)] = st.device_bs  # later stages at this seq len start there
+                st.extra.setdefault("carried_from", {})[str(seq)] = name
             self.save_state()
             self.event("stage_done", notify="stage_done", message=f"{name} done", stage=name, index=idx,
-                       step=self.state.get("step"))
+                       step=st.step)
             return "next"
-        is_oom = end.exit_code == 3 or end.oom is not None
+        is_oom = end.exit_code == EXIT_OOM or (end.oom is not None and end.exit_code not in (EXIT_STOPPED,))
         if is_oom and stage.get("trains"):
             return self._handle_oom(idx, end)
-        if end.exit_code is None:
-            reason = f"{name}: the stage vanished without an exit code (killed together with its wrapper?)"
-        elif is_oom:
+        if is_oom:
             reason = f"{name}: out of memory (exit {end.exit_code}); this stage has no batch size to lower"
-        elif end.exit_code == 4:
-            reason = f"{name}: stopped (exit 4) without a request from nanotui"
         else:
-            reason = f"{name}: exited with code {end.exit_code}" + (f" ({end.error})" if end.error else "")
-            if end.signal:
-                reason = f"{name}: killed by signal {end.signal}"
-        rec["state"] = "failed"
-        self.state.update(pending_oom=None)
+            reason = self._crash_reason(name, end)
+        rec.state, rec.reason = "failed", reason
+        self.state.pending_oom = None
         self.set_phase("failed", reason)
         self.event("crashed", notify="crashed", message=reason, stage=name, exit_code=end.exit_code,
-                   signal=end.signal, error=end.error, step=end.last_step)
-        self.event("failed", notify="failed", message=reason, stage=name)
+                   signal=end.signal, error=shown(end.error), step=end.last_step)
+        self.event("failed", notify="failed", message=reason, stage=name, reason=reason)
         return 1
 
     def _handle_oom(self, idx: int, end: AttemptEnd):
         stage = self.stages[idx]
         name = stage["name"]
-        bs = self.state.get("device_bs") or (end.oom.device_bs if end.oom else None)
-        ck = self.state.get("last_checkpoint")
-        ckpt_step = ck["step"] if ck and ck.get("stage") == name else None
+        bs = self.state.device_bs or (end.oom.device_bs if end.oom else None)
+        ck = self.state.last_checkpoint
+        ckpt_step = ck.step if ck and ck.stage == name else None
         step = (end.oom.step if end.oom and end.oom.step is not None else end.last_step)
-        total = stage.get("total_batch_size") or self.state.get("total_batch_size")
-        seq = stage.get("seq_len") or self.state.get("seq_len") or 1
+        total = stage.get("total_batch_size") or self.state.total_batch_size
+        seq = stage.get("seq_len") or self.state.seq_len or 1
         world = int(stage.get("world_size") or 1)
         self.event("oom", stage=name, step=step, device_bs=bs, exit_code=end.exit_code,
                    emergency_step=end.oom.emergency_step if end.oom else None, ckpt_step=ckpt_step)
@@ -522,12 +735,11 @@ class Supervisor:
         self._apply_policy(policy.OomDetected(name, step, bs, ckpt_step, now, total, seq, world))
         p = self.oom_state.pending
         if self.oom_state.phase == "waiting" and p is not None:
-            self.state["pending_oom"] = {"stage": name, "step": step, "device_bs": bs, "ladder": list(p.ladder),
-                                         "deadline": p.deadline}
+            self.state.pending_oom = PendingOomRecord(name, step, bs, list(p.ladder), p.deadline)
             self.set_phase("waiting", f"out of memory at device_batch_size={bs}; waiting for a decision")
-            self.event("waiting", notify="waiting", message=self.state["reason"], stage=name,
+            self.event("waiting", notify="waiting", message=self.state.reason, stage=name,
                        ladder=list(p.ladder), deadline=p.deadline, grace=self.oom_state.grace,
-                       pending_oom=self.state["pending_oom"])
+                       pending_oom=self.state.pending_oom.to_json())
         while True:
             with self.lock:
                 req = self.request
@@ -537,24 +749,29 @@ class Supervisor:
             time.sleep(POLL)
         with self.lock:
             self.request = None
-            self.state["pending_oom"] = None
-        if req[0] == "oom_stop":
+            self.state.pending_oom = None
+        if isinstance(req, OomStopRequest):
             rec = self.stage_rec(idx)
-            rec.update(state="stopped")
-            self.state["stage_pid"] = None
-            self.set_phase("stopped", req[1])
-            self.event("stopped", notify="stopped", message=req[1], stage=name, reason=req[1])
+            rec.state, rec.reason = "stopped", req.reason
+            self.state.stage_pid = None
+            self.set_phase("stopped", req.reason)
+            self.event("stopped", notify="stopped", message=req.reason, stage=name, reason=req.reason)
             return 0
-        if req[0] == "stop":
-            self.oom_state = policy.decide(self.oom_state, policy.UserStop(req[1]))[0]
-            return self._stopped(idx, req[1], end)
-        _, new_bs, resume, why = req
+        if isinstance(req, StopRequest):
+            self.oom_state = policy.decide(self.oom_state, policy.UserStop(req.reason))[0]
+            return self._stopped(idx, req.reason, end)
+        new_bs, resume, why = req.device_bs, req.resume, req.why
         self.oom_state = policy.decide(self.oom_state, policy.Resumed(new_bs))[0]
         kind = "fallback" if new_bs != bs else "retry"
         self.event(kind, notify=kind, message=f"{name}: restarting at device_batch_size={new_bs} (was {bs}) "
                    f"from {'the newest checkpoint' if resume == 'latest' else 'step ' + str(resume)} ({why})",
-                   stage=name, from_bs=bs, to_bs=new_bs, resume=resume, why=why, ckpt_step=ckpt_step)
+                   stage=name, from_bs=bs, to_bs=new_bs, step=resume, why=why, ckpt_step=ckpt_step)
         return stage_argv(stage, new_bs, resume), new_bs
+
+
+def _oomish(text: str | None) -> bool:
+    t = (text or "").lower()
+    return "out of memory" in t or "outofmemory" in t
 
 
 def spawn_supervisor(rd: RunDir, extra_args: list[str] = (), python: str | None = None) -> subprocess.Popen:
@@ -573,7 +790,30 @@ def spawn_supervisor(rd: RunDir, extra_args: list[str] = (), python: str | None 
         os.close(log_fd)
 
 
+class _SafeStream:
+    """stdout/stderr (supervisor.log) that never raise: a full disk must not kill the supervisor through a print."""
+
+    def __init__(self, stream):
+        self._s = stream
+
+    def write(self, text):
+        try:
+            return self._s.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self):
+        try:
+            self._s.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout, sys.stderr = _SafeStream(sys.stdout), _SafeStream(sys.stderr)
     ap = argparse.ArgumentParser(prog="nanotui-supervisor")
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")
@@ -595,12 +835,13 @@ def main(argv: list[str] | None = None) -> int:
     except SupervisorBusy as e:
         print(f"error: {e}", flush=True)
         return 2
+    # SIGHUP only means a terminal went away (SSH drop): the run goes on. SIGINT is for foreground jobs.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sup = Supervisor(rd, resume=a.resume, resume_step=a.step, resume_device_bs=a.device_bs)
 
-    def on_term(signum, frame):  # e.g. a system shutdown: stop the stage cleanly (it checkpoints), then exit
-        sup.request = ("stop", "supervisor received SIGTERM")
+    def on_term(signum, frame):  # logout / shutdown: stop the stage cleanly (it checkpoints), then exit
+        sup.on_signal(signum)
     signal.signal(signal.SIGTERM, on_term)
     print(f"supervisor pid {os.getpid()} for run {rd.run_id}", flush=True)
     try:

@@ -5,16 +5,20 @@ import os
 from pathlib import Path
 
 CHUNK = 1 << 16
+MAX_PARTIAL = 1 << 16  # an unterminated line (a `\r` progress bar) keeps only its last 64 KiB
 
 
 class LogTailer:
     """Follows `path` from `offset`. `read_lines()` returns the complete new lines (without '\\n').
 
-    A trailing partial line is kept until its newline arrives. If the file shrinks (truncated) or its inode
+    A trailing partial line is kept until its newline arrives, capped at its last `max_partial` bytes (a `\r`
+    progress bar never ends its line; what a terminal shows of it is at its end). If the file shrinks (truncated) or its inode
     changes (rotated/replaced), it starts over from the beginning of the new file. A missing file is not an error."""
 
-    def __init__(self, path: Path | str, offset: int = 0, chunk_size: int = CHUNK, encoding: str = "utf-8"):
+    def __init__(self, path: Path | str, offset: int = 0, chunk_size: int = CHUNK, encoding: str = "utf-8",
+                 max_partial: int = MAX_PARTIAL):
         self.path = Path(path)
+        self.max_partial = max_partial
         self.offset = offset
         self.chunk_size = chunk_size
         self.encoding = encoding
@@ -44,7 +48,7 @@ class LogTailer:
         if st.st_ino != self._inode:
             # Rotated: finish the old file first, then switch to the new one from its start.
             rest = self._f.read()
-            self._partial += rest
+            self._partial = (self._partial + rest)[-self.max_partial:]
             self.close()
             self.offset = 0
             self._open()
@@ -73,9 +77,11 @@ class LogTailer:
         buf = self._partial + b"".join(got)
         cut = buf.rfind(b"\n")
         if cut < 0:
-            self._partial = buf
+            self._partial = buf[-self.max_partial:] if len(buf) > self.max_partial else buf
             return b""
         self._partial = buf[cut + 1:]
+        if len(self._partial) > self.max_partial:
+            self._partial = self._partial[-self.max_partial:]
         return buf[:cut + 1]
 
     def read_lines(self, max_bytes: int | None = None) -> list[str]:

@@ -28,27 +28,21 @@ class Control(Protocol):
 
 
 class RunActions:
-    """What the TUI does itself when no supervisor is alive: start a run, resume one (spawns a supervisor).
+    """What the TUI does itself when no supervisor is alive: start a run, resume one — through the same start path
+    as the CLI (nanotui.runtime.launch: plan checks, one run per checkpoint directory, confirmed spawn).
 
-    Tests pass a fake with the same two methods."""
+    Tests pass a fake with the same two methods. Errors are StartError with a one-line message."""
 
     def start(self, base_dir: Path, profile: str, overrides: dict) -> Path:
-        from nanotui.core.plan import build_plan
-        from nanotui.runtime.rundir import RunDir
-        from nanotui.runtime.supervisor import spawn_supervisor
-        plan = build_plan(profile, overrides, python=sys.executable).to_dict()
-        plan.setdefault("base_dir", str(base_dir))
-        plan.setdefault("grace", 60)
-        rd = RunDir.create(base_dir, plan)
-        spawn_supervisor(rd)
+        from nanotui.runtime.launch import profile_plan, start_plan
+        plan = profile_plan(profile, overrides, python=sys.executable)
+        rd, _pid = start_plan(plan, Path(base_dir), cwd=os.getcwd())
         return rd.path
 
     def resume(self, run_dir: Path, step: int | None = None, device_bs: int | None = None) -> None:
+        from nanotui.runtime.launch import resume_run
         from nanotui.runtime.rundir import RunDir
-        from nanotui.runtime.supervisor import spawn_supervisor
-        args = ["--resume"] + (["--step", str(step)] if step is not None else []) + \
-            (["--device-bs", str(device_bs)] if device_bs is not None else [])
-        spawn_supervisor(RunDir(run_dir), args)
+        resume_run(RunDir(run_dir), step, device_bs)
 
 
 def terminal_theme() -> str:
@@ -234,7 +228,8 @@ class NanotuiApp(App):
 
     def action_checkpoints(self) -> None:
         if not isinstance(self.screen, CheckpointsScreen):
-            self.push_screen(CheckpointsScreen(self.base_dir, clock=self.clock))
+            self.push_screen(CheckpointsScreen(self.base_dir, clock=self.clock,
+                                               run_id=self.run_dir.name if self.run_dir else None))
 
     def action_logs(self) -> None:
         if self.run_dir is not None and not isinstance(self.screen, LogsScreen):

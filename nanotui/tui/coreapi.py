@@ -7,8 +7,9 @@ from nanotui.core.logparse import LogParser, clean_line  # noqa: F401  (clean_li
 from nanotui.core.notify import (Notice, notice_for_event, notifications_enabled,  # noqa: F401  (re-exported)
                                  terminal_notification)
 from nanotui.core.progress import PipelineProgress
+from nanotui.core.runstate import TRAIN_STAGES
 
-STAGE_KINDS = {"base_train": "base", "mid_train": "mid", "chat_sft": "sft"}
+STAGE_KINDS = {name: kind for name, (_family, kind) in TRAIN_STAGES.items()}  # "chat_sft" -> "sft"
 
 
 def new_parser(stage: str | None) -> LogParser:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from nanotui.runtime.rundir import RunDir, RunNotFound
+from nanotui.core.runstate import LIVE_PHASES, TRAIN_STAGES
+from nanotui.runtime.rundir import RunDir, RunNotFound, shown
 from nanotui.runtime.tail import LogTailer, read_tail
 from nanotui.tui import coreapi
 from nanotui.tui.widgets.chart import ChartData
@@ -179,6 +180,7 @@ class RunSnapshot:
     pending_oom: dict | None = None
     last_checkpoint: dict | None = None
     grace: object = None
+    problem: str | None = None      # e.g. "disk full: cannot write state.json" (state.problem or a corrupt state)
     history_loaded: bool = False
     now: float = 0.0
 
@@ -238,6 +240,7 @@ class RunView:
         self.chart_stage: str | None = None
         self._alive = False
         self._alive_checked = 0.0
+        self._state_problem: str | None = None
         self.estimator = coreapi.Estimator([])
         self._signatures: dict[Path, object] = {}
         self._logs: list[Path] = []
@@ -320,9 +323,10 @@ class RunView:
             elif kind == "oom":
                 h.mark(_step_of(ev.get("step")), "oom")
             elif kind in ("resumed", "fallback", "retry"):
-                # supervisor shapes: resumed {step: int | "latest"}; fallback/retry {resume: int | "latest",
-                # ckpt_step: int | None}. "latest" means the newest checkpoint of the stage.
-                step = _step_of(ev.get("step") if kind == "resumed" else ev.get("resume"))
+                # core.runstate.EVENT_FIELDS: resumed/fallback/retry {step: int | "latest"} (+ ckpt_step for
+                # fallback/retry; runs recorded before that vocabulary wrote fallback's point as `resume`).
+                # "latest" means the newest checkpoint of the stage.
+                step = _step_of(ev.get("step") if "step" in ev else ev.get("resume"))
                 if step is None:
                     step = _step_of(ev.get("ckpt_step"))
                 if step is None:
@@ -362,12 +366,18 @@ class RunView:
             return self.rd.path / name
         return logs[-1] if logs else None
 
+    def rd_problem(self, st: dict) -> str | None:
+        """What the header warns about: a state.json that cannot be trusted, or a problem the supervisor reports."""
+        problem = self._state_problem or st.get("problem")
+        return shown(problem) if problem else None
+
     def _refresh_state(self) -> None:
         now = time.monotonic()
         slow_tick = now - self._alive_checked > 5
         # state.json is replaced atomically; a re-read every few seconds covers a reused inode within one mtime tick
         if self._changed(self.rd.state_json) or slow_tick:
             self.state = self.rd.read_state()
+            self._state_problem = self.rd.state_problem()
         if slow_tick:
             self._alive = self.rd.supervisor_alive()
             self._alive_checked = now
@@ -493,7 +503,7 @@ class RunView:
                                  trains=trains.get(name, False)))
         stage_eta = next((r.eta_s for r in rows if r.name == stage), None)
         pipeline_eta, pipeline_eta_complete = self.estimator.pipeline_eta(now) \
-            if st.get("phase") in ("running", "waiting", "starting") else (None, False)
+            if st.get("phase") in LIVE_PHASES else (None, False)
 
         chart = ChartData()
         if chart_stage:
@@ -511,7 +521,8 @@ class RunView:
             chart=chart, chart_stage=chart_stage, training_stages=tuple(tstages), gpu=self._gpu_view(now),
             log_tail=tuple(self.log_tail), log_name=self.tail_log.name if self.tail_log else None,
             pending_oom=st.get("pending_oom"), last_checkpoint=st.get("last_checkpoint"),
-            grace=st.get("grace", self.plan.get("grace")), history_loaded=self.history_loaded, now=now)
+            grace=st.get("grace", self.plan.get("grace")), problem=self.rd_problem(st),
+            history_loaded=self.history_loaded, now=now)
 
     def _gpu_view(self, now: float) -> GpuView:
         if not self.gpu_samples:
@@ -545,7 +556,7 @@ class RunView:
 
 
 # ---- data for the secondary screens (called from worker threads or timers, never from widgets) ------------------
-CKPT_STAGE_OF = {"base": "base_train", "mid": "mid_train", "chatsft": "chat_sft"}
+CKPT_STAGE_OF = {family: name for name, (family, _kind) in TRAIN_STAGES.items()}  # "base" -> "base_train"
 
 
 @dataclass(frozen=True)
@@ -558,6 +569,8 @@ class CheckpointRow:
     status: str         # valid | unverified | invalid
     path: str
     reason: str = ""
+    run_id: str | None = None   # the run that wrote it (meta `run_id`)
+    other_run: bool = False     # written by another run than the one attached: never resumed from here
 
 
 def base_dir_of(run_dir: Path) -> Path:
@@ -571,14 +584,16 @@ def base_dir_of(run_dir: Path) -> Path:
     return Path(run_dir).resolve().parent.parent
 
 
-def list_checkpoints(base_dir: Path) -> list[CheckpointRow]:
-    """Every checkpoint of the base dir (core discovery), newest stage/step last."""
+def list_checkpoints(base_dir: Path, run_id: str | None = None) -> list[CheckpointRow]:
+    """Every checkpoint of the base dir (core discovery), newest stage/step last; with `run_id`, those another run
+    wrote are marked `other_run` (a run resumes only from its own lineage)."""
     from nanotui.core.ckpts import discover
     rows = []
     for c in discover(str(base_dir)):
         rows.append(CheckpointRow(stage=CKPT_STAGE_OF.get(c.stage, c.stage), step=c.step, time=c.mtime,
                                   val_bpb=c.val_bpb, size_bytes=c.size_bytes, status=c.status,
-                                  path=str(Path(c.path) / f"model_{c.step:06d}.pt"), reason=c.reason))
+                                  path=str(Path(c.path) / f"model_{c.step:06d}.pt"), reason=c.reason,
+                                  run_id=c.run_id, other_run=run_id is not None and c.run_id != run_id))
     return rows
 
 

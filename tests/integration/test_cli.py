@@ -138,6 +138,9 @@ def recorded_runs(base_dir):
         shutil.copytree(src_run, base_dir / "runs" / run_id)
         for ckpts in src.glob("*_checkpoints"):
             shutil.copytree(ckpts, base_dir / ckpts.name, dirs_exist_ok=True)
+            for meta in ckpts.glob("*/meta_*.json"):  # the copy is that run under a new id: its lineage too
+                dst = base_dir / meta.relative_to(src)
+                dst.write_text(json.dumps(dict(json.loads(dst.read_text()), run_id=run_id), indent=2))
         rd = RunDir(base_dir / "runs" / run_id)
         rd.write_plan(dict(rd.read_plan(), base_dir=str(base_dir), cwd=str(base_dir)))
     return base_dir
@@ -158,7 +161,7 @@ def test_logs_follow_ends_when_nothing_can_write(recorded_runs):
 def test_resume_to_a_missing_step_or_bad_batch_starts_nothing(recorded_runs):
     rd = RunDir(recorded_runs / "runs" / "20260101-110000-cpu-demo")
     state_before = rd.state_json.read_bytes()
-    assert_usage_error(cli("resume", rd.run_id, "--step", "999"), "no checkpoint at step 999", "valid steps: 75")
+    assert_usage_error(cli("resume", rd.run_id, "--step", "999"), "no checkpoint of run", "at step 999", "valid steps: 75")
     assert_usage_error(cli("resume", rd.run_id, "--device-bs", "3"), "does not divide", "try 4, 2, 1")
     assert rd.state_json.read_bytes() == state_before and not rd.supervisor_alive()
     assert not rd.supervisor_log.exists()

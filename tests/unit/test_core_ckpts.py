@@ -76,3 +76,19 @@ def test_stage_and_tag_filters_and_missing_dirs(tmp_path):
     assert [c.step for c in discover(str(tmp_path), tag="demo")] == [7]
     assert discover(str(tmp_path / "nowhere")) == []
     assert scan_dir(str(tmp_path / "nowhere")) == []
+
+
+def test_listing_tolerates_files_deleted_by_retention_meanwhile(tmp_path, monkeypatch):
+    """Retention may delete a step between listdir and stat/open: the listing goes on without that step."""
+    import nanotui.core.ckpts as ck
+    d = tmp_path / "base_checkpoints" / "d20"
+    d.mkdir(parents=True)
+    (d / "model_000010.pt").write_bytes(b"m" * 10)
+    (d / "meta_000010.json").write_text(json.dumps({"step": 10, "files": {"model_000010.pt": 10}}))
+    real = os.listdir
+    # as seen just before retention removed steps 5 (model only, save unfinished) and 7 (model + meta)
+    monkeypatch.setattr(ck.os, "listdir", lambda p: real(p) + ["model_000005.pt", "model_000007.pt",
+                                                              "meta_000007.json"])
+    infos = ck.scan_dir(str(d), "base", "d20")
+    assert [c.step for c in infos if c.status == "valid"] == [10]
+    assert 7 not in [c.step for c in infos]

@@ -1,4 +1,4 @@
-"""Lint rule: nanotui/core stays pure, and nothing in nanotui imports torch or nanochat (DESIGN.md §2)."""
+"""Lint rule: nanotui/core stays pure, and nothing in nanotui imports torch or nanochat (docs/CONTRACTS.md "nanotui/core")."""
 import ast
 from pathlib import Path
 

@@ -92,3 +92,50 @@ def test_lookup(base_dir):
     s = b.status_summary()
     assert s["state"] == "done" and s["stages_total"] == 2 and s["supervisor_alive"] is False
     assert a.status_summary()["state"] == "failed"  # says running, but nothing is alive
+
+
+def test_state_write_is_complete_even_with_short_writes(base_dir, monkeypatch):
+    """A short os.write (signal, nearly full disk) is retried: state.json is never a truncated prefix."""
+    import json
+    import nanotui.runtime.rundir as rdm
+    rd = RunDir.create(base_dir, PLAN)
+    real = os.write
+    monkeypatch.setattr(rdm.os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    rd.update_state(phase="running", step=123, reason="x" * 500)
+    monkeypatch.undo()
+    assert json.loads(rd.state_json.read_text())["step"] == 123
+
+
+def test_state_write_on_a_full_disk_changes_nothing_and_leaks_no_temp(base_dir, monkeypatch):
+    import errno
+    import nanotui.runtime.rundir as rdm
+    rd = RunDir.create(base_dir, PLAN)
+    rd.update_state(phase="running", step=1)
+    before = rd.state_json.read_bytes()
+    real = os.write
+    calls = []
+
+    def enospc(fd, data):  # the first bytes fit, then the disk is full
+        calls.append(1)
+        if len(calls) == 1:
+            return real(fd, bytes(data[:10]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(rdm.os, "write", enospc)
+    with pytest.raises(OSError):
+        rd.update_state(step=2)
+    with pytest.raises(OSError):
+        rd.append_event("checkpoint", stage="base_train", step=2, path="/x")
+    monkeypatch.undo()
+    assert rd.state_json.read_bytes() == before
+    assert not [p for p in rd.path.iterdir() if p.name.endswith(".tmp")]
+    rd.append_event("checkpoint", stage="base_train", step=3, path="/x")  # no torn line glued to this one
+    assert [e.get("step") for e in rd.read_events()] == [3]
+
+
+def test_wrongly_shaped_state_is_a_problem_not_a_crash(base_dir):
+    rd = RunDir.create(base_dir, PLAN)
+    rd.state_json.write_text('{"phase": "running", "stage_index": "1", "stages": []}')
+    assert "stage_index" in rd.state_problem()
+    s = rd.status_summary()
+    assert s["state"] == "corrupt" and "stage_index" in s["problem"] and s["stage_index"] == 0
+    assert rd.read_state()["phase"] == "starting"  # callers get a well-formed dict, never the bad one

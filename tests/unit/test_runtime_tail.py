@@ -64,3 +64,19 @@ def test_read_tail_from_end(tmp_path):
         f.write(" done\n")
     assert t.read_lines() == ["partial done"]
     assert read_tail(tmp_path / "none.log") == ([], 0)
+
+
+def test_unterminated_line_is_capped(tmp_path):
+    """A `\\r` progress bar that never ends its line must not grow the tailer's buffer without limit."""
+    p = tmp_path / "bar.log"
+    t = LogTailer(p)
+    with open(p, "ab") as f:
+        f.write(b"first\n")
+        for i in range(4000):  # 240 KB without a newline
+            f.write(f"\r{i:06d} [{'#' * 50}]".encode())
+        f.flush()
+        assert t.read_lines() == ["first"]
+        assert len(t._partial) <= 1 << 16
+        f.write(b" done\n")
+    (line,) = t.read_lines()
+    assert len(line) <= (1 << 16) + 6 and line.endswith("003999 [" + "#" * 50 + "] done")

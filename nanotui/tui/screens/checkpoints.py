@@ -22,9 +22,10 @@ class CheckpointsScreen(Screen):
         Binding("question_mark,h,f1", "app.help", "Help"),
     ]
 
-    def __init__(self, base_dir, clock=time.time):
+    def __init__(self, base_dir, clock=time.time, run_id: str | None = None):
         super().__init__()
         self.base_dir = base_dir
+        self.run_id = run_id
         self.clock = clock
         self.rows: list[CheckpointRow] = []
 
@@ -39,12 +40,15 @@ class CheckpointsScreen(Screen):
         self.load()
 
     def load(self) -> None:
-        self.rows = list_checkpoints(self.base_dir)
+        self.rows = list_checkpoints(self.base_dir, self.run_id)
         table = self.query_one(DataTable)
         table.clear()
         for i, r in enumerate(self.rows):
             saved = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.time)) if r.time else "–"
-            status = Text(r.status + (f" ({r.reason})" if r.reason else ""), STATUS_STYLE.get(r.status, ""))
+            if r.other_run:
+                status = Text(f"other run {r.run_id}" if r.run_id else "other run (no run id)", "dim")
+            else:
+                status = Text(r.status + (f" ({r.reason})" if r.reason else ""), STATUS_STYLE.get(r.status, ""))
             table.add_row(r.stage, f"{r.step:,}", saved, f"{r.val_bpb:.4f}" if r.val_bpb is not None else "–",
                           f"{r.size_bytes / 1024 ** 2:.1f} MiB" if r.size_bytes >= 1024 ** 2 else f"{r.size_bytes / 1024:.1f} KiB",
                           status, key=str(i))
@@ -64,6 +68,11 @@ class CheckpointsScreen(Screen):
         row = self.selected()
         if row is None:
             self.notify("no checkpoint selected", severity="warning")
+            return
+        if row.other_run:
+            self.notify(f"step {row.step} belongs to {'run ' + row.run_id if row.run_id else 'another run'}; "
+                        f"this run resumes only from its own checkpoints (resume that run instead)",
+                        severity="error")
             return
         if row.status == "invalid":
             self.notify(f"step {row.step} is invalid ({row.reason}); pick another", severity="error")

@@ -6,6 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from nanotui.core.runstate import LIVE_PHASES
 from nanotui.tui.model import RunSnapshot
 
 GIB = 1024 ** 3
@@ -150,8 +151,10 @@ class HeaderBar(Static):
             t.append(str(value) if value not in (None, "") else "–")
         if compact:
             t.append(f" {snap.profile}", "dim")
-        if not snap.supervisor_alive and snap.phase in ("running", "waiting", "starting"):
+        if not snap.supervisor_alive and snap.phase in LIVE_PHASES:
             t.append("  (no supervisor)" if not compact else " (no supervisor)", "bold red")
+        if snap.problem:
+            t.append(f"  {snap.problem}" if not compact else f" {snap.problem[:40]}", "bold red")
         if not snap.history_loaded:
             t.append("  loading history…" if not compact else " loading…", "italic dim")
         return t
