@@ -116,7 +116,11 @@ def _limits(timeout: float, max_memory_bytes: int, nproc: int) -> list[str]:
 
 
 def _code_fd(code: str) -> int:
-    fd = os.memfd_create("nanochat-code")
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("nanochat-code")
+    else:  # not Linux: only the --unsafe-exec path gets here
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
     os.write(fd, code.encode("utf-8", "surrogatepass"))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
@@ -237,6 +241,11 @@ def _collect(proc: subprocess.Popen, timeout: float, cap: int, kill) -> Executio
         sel.close()
         proc.stdout.close()
         proc.stderr.close()
+    if proc.poll() is None and not timed_out:  # both pipes closed, the process still running
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
     if proc.poll() is None:
         kill()
     rc = proc.wait()

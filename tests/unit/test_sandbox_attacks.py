@@ -317,6 +317,11 @@ def test_infinite_loop_is_killed_on_time():
     assert res.timeout and not res.success
 
 
+def test_closing_its_pipes_does_not_dodge_the_timeout():
+    res = execute_code("import os\nos.close(1)\nos.close(2)\nwhile True:\n    pass", timeout=1.0)
+    assert res.timeout and not res.success
+
+
 def test_sleeping_children_die_at_the_timeout():
     tag = sleep_marker()
     res = execute_code(f"import os\nfor _ in range(3):\n    if os.fork() == 0:\n        os.execv('/bin/sleep', ['sleep', '{tag}'])\n"
