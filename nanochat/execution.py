@@ -63,10 +63,6 @@ def set_unsafe_exec(enabled: bool) -> None:
               "and use the network", file=sys.stderr, flush=True)
 
 
-def unsafe_exec_enabled() -> bool:
-    return _state["unsafe"]
-
-
 def sandbox_problem() -> str | None:
     """None when the sandbox works on this machine (probed once per bwrap path), else the one-line refusal."""
     bwrap = sandbox.bwrap_path()
@@ -81,9 +77,9 @@ def sandbox_problem() -> str | None:
             detail = (res.stderr.strip().splitlines() or [res.error or "no output"])[-1]
         except OSError as e:
             ok, detail = False, str(e)
+        hint = sandbox.UPGRADE_HINT if "Unknown option" in detail else sandbox.USERNS_HINT
         _state["probe"][bwrap] = None if ok else (
-            f"code sandbox unavailable: {bwrap} failed ({detail}); {sandbox.USERNS_HINT}, "
-            f"or pass --unsafe-exec to run it unisolated")
+            f"code sandbox unavailable: {bwrap} failed ({detail}); {hint}, or pass --unsafe-exec to run it unisolated")
     return _state["probe"][bwrap]
 
 
@@ -95,7 +91,10 @@ def sandbox_description() -> str:
     if problem:
         return problem
     _, seccomp = sandbox.seccomp_program()
-    return f"bubblewrap ({sandbox.bwrap_path()}), seccomp: {seccomp}"
+    bwrap = sandbox.bwrap_path()
+    missing = {"--disable-userns", "--size"} - sandbox.bwrap_features(bwrap)
+    old = f" (this bwrap lacks {', '.join(sorted(missing))})" if missing else ""
+    return f"bubblewrap ({bwrap}), seccomp: {seccomp}{old}"
 
 
 def execute_code(code: str, timeout: float = 5.0, max_memory_bytes: int = 512 * 1024 * 1024,
@@ -184,7 +183,8 @@ def _run_unsafe(code: str, timeout: float, max_memory_bytes: int, max_output_byt
             except (ProcessLookupError, PermissionError):
                 proc.kill()
         result = _collect(proc, timeout, max_output_bytes, kill=kill)
-        kill() if proc.poll() is None else None
+        if proc.poll() is None:
+            kill()
         return result
 
 

@@ -6,12 +6,14 @@ import ctypes.util
 import errno
 import os
 import shutil
+import subprocess
 import sys
 
 SANDBOX_UID = 65534  # "nobody": the uid inside the sandbox, and the real uid bwrap runs as when we are root
 ENV = {"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
        "PYTHONHASHSEED": "0"}
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap)"
+UPGRADE_HINT = "upgrade bubblewrap (0.8 or newer is tested)"
 USERNS_HINT = ("allow unprivileged user namespaces (Ubuntu 24.04+: sudo sysctl -w "
                "kernel.apparmor_restrict_unprivileged_userns=0)")
 
@@ -131,17 +133,38 @@ def _system_layout() -> list[str]:
     return args
 
 
+_features: dict = {}
+
+
+def bwrap_features(bwrap: str) -> set[str]:
+    """The optional options this bwrap knows (`--disable-userns` and `--size` came in 0.8 / 0.7)."""
+    if bwrap not in _features:
+        try:
+            text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            text = ""
+        _features[bwrap] = {opt for opt in ("--disable-userns", "--size") if opt in text}
+    return _features[bwrap]
+
+
 def bwrap_argv(bwrap: str, binds: list[tuple[str, str]], seccomp_fd: int | None, tmp_size: int,
                argv: list[str]) -> list[str]:
     """The full bwrap command: every namespace, a read-only system, private size-capped /tmp and /dev/shm, no /etc,
-    /home, /root, base dir or host /tmp, no capabilities, no new user namespaces, a scrubbed environment."""
-    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+    /home, /root, base dir or host /tmp, no capabilities, no new user namespaces, a scrubbed environment. An older
+    bwrap without --disable-userns relies on the seccomp filter alone for that; without --size the tmpfs is unbounded."""
+    features = bwrap_features(bwrap)
+    args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]
+    if "--disable-userns" in features:
+        args.append("--disable-userns")
     args += _system_layout()
     for source, dest in binds:
         args += ["--ro-bind", source, dest]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_size // 4), "--tmpfs", "/dev/shm",
-             "--size", str(tmp_size), "--tmpfs", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/",
+
+    def size(n: int) -> list[str]:
+        return ["--size", str(n)] if "--size" in features else []
+    args += ["--proc", "/proc", "--dev", "/dev", *size(tmp_size // 4), "--tmpfs", "/dev/shm",
+             *size(tmp_size), "--tmpfs", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/",
              "--chdir", "/tmp", "--clearenv"]
     for key, value in ENV.items():
         args += ["--setenv", key, value]

@@ -65,6 +65,27 @@ def test_bwrap_that_cannot_create_namespaces_refuses(fake_bwrap, outside, monkey
     assert not target.exists()
 
 
+def test_too_old_bwrap_says_upgrade(fake_bwrap, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BWRAP", fake_bwrap("echo 'bwrap: Unknown option --clearenv' >&2; exit 1"))
+    problem = sandbox_problem()
+    assert "Unknown option --clearenv" in problem and "upgrade bubblewrap" in problem
+
+
+@needs_sandbox
+def test_bwrap_without_disable_userns_and_size_still_isolates(fake_bwrap, monkeypatch):
+    if execution.sandbox.seccomp_program()[0] is None:
+        pytest.skip("libseccomp is not available here: the filter is what refuses nested namespaces then")
+    real = shutil.which("bwrap") or "/usr/bin/bwrap"
+    old = fake_bwrap(f'if [ "$1" = "--help" ]; then {real} --help | grep -v -e disable-userns -e -- "--size"; exit 0; fi\n'
+                     f'exec {real} "$@"')
+    monkeypatch.setenv("NANOCHAT_BWRAP", old)
+    assert sandbox_problem() is None
+    assert "lacks --disable-userns, --size" in execution.sandbox_description()
+    res = execute_code("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                       "print('unshare', libc.unshare(0x10000000), ctypes.get_errno())")
+    assert res.success and "unshare -1 1" in res.stdout, res.stdout + res.stderr  # seccomp still refuses it
+
+
 def test_bwrap_that_runs_nothing_is_not_trusted(fake_bwrap, monkeypatch):
     monkeypatch.setenv("NANOCHAT_BWRAP", fake_bwrap("exit 0"))  # "succeeds" without running the probe
     assert sandbox_problem() and "failed" in sandbox_problem()
