@@ -75,7 +75,7 @@ def sandbox_problem() -> str | None:
             res = _run_sandboxed(bwrap, "print('sandbox-ok')", 10.0, 256 << 20, 4096)
             ok = res.success and res.stdout.strip() == "sandbox-ok"
             detail = (res.stderr.strip().splitlines() or [res.error or "no output"])[-1]
-        except OSError as e:
+        except (OSError, subprocess.SubprocessError) as e:  # bwrap not executable, or the root preexec failed
             ok, detail = False, str(e)
         hint = sandbox.UPGRADE_HINT if "Unknown option" in detail else sandbox.USERNS_HINT
         _state["probe"][bwrap] = None if ok else (
