@@ -130,7 +130,7 @@ def _run_sandboxed(bwrap: str, code: str, timeout: float, max_memory_bytes: int,
     exe, dirs = sandbox.python_paths()
     argv = [exe, "-I", "-S", "-c", _PROLOGUE] + _limits(timeout, max_memory_bytes, MAX_PROCESSES)
     program, _ = sandbox.seccomp_program()
-    fds, stages = [], []
+    fds = []
     try:
         seccomp_fd = None
         if program is not None:
@@ -140,10 +140,7 @@ def _run_sandboxed(bwrap: str, code: str, timeout: float, max_memory_bytes: int,
             fds.append(seccomp_fd)
         binds, preexec = [(d, d) for d in dirs], None
         if sandbox.as_root():
-            for d in dirs:
-                stage = tempfile.mkdtemp(prefix="nanochat-sandbox-", dir="/tmp" if os.path.isdir("/tmp") else None)
-                os.chmod(stage, 0o755)
-                stages.append((d, stage))
+            stages = [(d, sandbox.stage_dir(d)) for d in dirs]
             binds = [(stage, d) for d, stage in stages]
             preexec = sandbox.root_preexec(stages)
         code_fd = _code_fd(code)
@@ -159,11 +156,6 @@ def _run_sandboxed(bwrap: str, code: str, timeout: float, max_memory_bytes: int,
     finally:
         for fd in fds:
             os.close(fd)
-        for _, stage in stages:
-            try:
-                os.rmdir(stage)
-            except OSError:
-                pass
 
 
 def _run_unsafe(code: str, timeout: float, max_memory_bytes: int, max_output_bytes: int) -> ExecutionResult:

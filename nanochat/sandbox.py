@@ -1,6 +1,7 @@
 """Kernel isolation for untrusted code: the bubblewrap command line, the seccomp filter and the availability probe."""
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import errno
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 SANDBOX_UID = 65534  # "nobody": the uid inside the sandbox, and the real uid bwrap runs as when we are root
 ENV = {"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
@@ -182,6 +184,27 @@ _CLONE_NEWNS, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x00020000, 4096, 16384, 1 << 18
 
 def as_root() -> bool:
     return os.geteuid() == 0
+
+
+_stages: dict = {}
+
+
+def stage_dir(source: str) -> str:
+    """An empty world-readable directory in /tmp (one per source, per process, removed at exit) that the root
+    preexec bind-mounts `source` onto, inside the private mount namespace of one bwrap process only."""
+    if source not in _stages:
+        stage = tempfile.mkdtemp(prefix="nanochat-sandbox-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        os.chmod(stage, 0o755)
+        _stages[source] = stage
+        atexit.register(_remove_stage, stage)
+    return _stages[source]
+
+
+def _remove_stage(stage: str) -> None:
+    try:
+        os.rmdir(stage)
+    except OSError:
+        pass
 
 
 def root_preexec(stages: list[tuple[str, str]]):
