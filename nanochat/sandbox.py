@@ -29,6 +29,7 @@ DENIED_SYSCALLS = (
     "open_by_handle_at", "name_to_handle_at", "personality")
 NAMESPACE_CLONE_FLAGS = (0x10000000, 0x00020000, 0x20000000, 0x40000000, 0x04000000, 0x08000000, 0x02000000)
 AF_UNIX = 1
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 
 _SCMP_ACT_ALLOW = 0x7FFF0000
@@ -151,8 +152,9 @@ def bwrap_features(bwrap: str) -> set[str]:
 
 def bwrap_argv(bwrap: str, binds: list[tuple[str, str]], seccomp_fd: int | None, tmp_size: int,
                argv: list[str]) -> list[str]:
-    """The full bwrap command: every namespace, a read-only system, private size-capped /tmp and /dev/shm, no /etc,
-    /home, /root, base dir or host /tmp, no capabilities, no new user namespaces, a scrubbed environment. An older
+    """The full bwrap command: every namespace, a read-only system, a private size-capped /tmp (the only writable
+    place), five device nodes, no /etc, /home, /root, base dir or host /tmp, no /dev/shm (so no multiprocessing), no
+    capabilities, no new user namespaces, a scrubbed environment. An older
     bwrap without --disable-userns relies on the seccomp filter alone for that; without --size the tmpfs is unbounded."""
     features = bwrap_features(bwrap)
     args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
@@ -163,11 +165,15 @@ def bwrap_argv(bwrap: str, binds: list[tuple[str, str]], seccomp_fd: int | None,
     for source, dest in binds:
         args += ["--ro-bind", source, dest]
 
-    def size(n: int) -> list[str]:
-        return ["--size", str(n)] if "--size" in features else []
-    args += ["--proc", "/proc", "--dev", "/dev", *size(tmp_size // 4), "--tmpfs", "/dev/shm",
-             *size(tmp_size), "--tmpfs", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/",
-             "--chdir", "/tmp", "--clearenv"]
+    args += ["--proc", "/proc"]
+    for dev in DEVICES:  # the harmless device nodes only (cheaper than bwrap's --dev tmpfs, and nothing writable)
+        args += ["--dev-bind", dev, dev]
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        args += ["--symlink", f"/proc/self/fd/{fd}", f"/dev/{name}"]
+    args += ["--symlink", "/proc/self/fd", "/dev/fd"]
+    if "--size" in features:
+        args += ["--size", str(tmp_size)]
+    args += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
     for key, value in ENV.items():
         args += ["--setenv", key, value]
     if seccomp_fd is not None:

@@ -64,6 +64,16 @@ def test_read_only_system_view_cannot_be_written():
         assert not os.path.exists(path)
 
 
+def test_only_the_private_tmp_is_writable():
+    res = execute_code("import os\nfor d in ('/', '/dev', '/proc', '/usr', '/tmp', '/dev/shm'):\n    try:\n"
+                       "        open(os.path.join(d, 'w'), 'w').write('x')\n        print('writable', d)\n"
+                       "    except OSError:\n        pass\nprint(sorted(os.listdir('/dev')))")
+    assert res.success, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[:-1] == ["writable /tmp"]
+    assert lines[-1] == str(sorted(["fd", "full", "null", "random", "stderr", "stdin", "stdout", "urandom", "zero"]))
+
+
 def test_host_etc_passwd_is_not_visible():
     with open("/etc/passwd") as f:
         first_host_line = f.readline().strip()
