@@ -61,7 +61,8 @@ def main() -> int:
     for k, v in times.items():
         print(f"{k:>9}: {RUNS} runs, median {med[k]:.1f} ms (min {min(v) * 1000:.1f}, max {max(v) * 1000:.1f})")
     print(f"sandbox overhead: +{med['sandboxed'] - med['bare']:.1f} ms per execution "
-          f"(median {med['sandboxed']:.1f} ms vs {med['bare']:.1f} ms bare, ratio {med['sandboxed'] / med['bare']:.2f}x; "
+          f"(median {med['sandboxed']:.1f} ms vs {med['bare']:.1f} ms bare, "
+          f"ratio {med['sandboxed'] / med['bare']:.2f}x; "
           f"fastest runs +{low['sandboxed'] - low['bare']:.1f} ms)")
     return 0
 

@@ -163,9 +163,9 @@ def _run_unsafe(code: str, timeout: float, max_memory_bytes: int, max_output_byt
         env = dict(sandbox.ENV, HOME=root, TMPDIR=root)
         code_fd = _code_fd(code)
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _PROLOGUE] + _limits(timeout, max_memory_bytes, -1),
-                                    stdin=code_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root, env=env,
-                                    start_new_session=True)
+            argv = [sys.executable, "-I", "-S", "-c", _PROLOGUE] + _limits(timeout, max_memory_bytes, -1)
+            proc = subprocess.Popen(argv, stdin=code_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root,
+                                    env=env, start_new_session=True)
         finally:
             os.close(code_fd)
 

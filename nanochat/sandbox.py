@@ -155,7 +155,8 @@ def bwrap_argv(bwrap: str, binds: list[tuple[str, str]], seccomp_fd: int | None,
     """The full bwrap command: every namespace, a read-only system, a private size-capped /tmp (the only writable
     place), five device nodes, no /etc, /home, /root, base dir or host /tmp, no /dev/shm (so no multiprocessing), no
     capabilities, no new user namespaces, a scrubbed environment. An older
-    bwrap without --disable-userns relies on the seccomp filter alone for that; without --size the tmpfs is unbounded."""
+    bwrap without --disable-userns relies on the seccomp filter alone for that; without --size the tmpfs is
+    unbounded."""
     features = bwrap_features(bwrap)
     args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]

@@ -76,8 +76,8 @@ def test_bwrap_without_disable_userns_and_size_still_isolates(fake_bwrap, monkey
     if execution.sandbox.seccomp_program()[0] is None:
         pytest.skip("libseccomp is not available here: the filter is what refuses nested namespaces then")
     real = shutil.which("bwrap") or "/usr/bin/bwrap"
-    old = fake_bwrap(f'if [ "$1" = "--help" ]; then {real} --help | grep -v -e disable-userns -e -- "--size"; exit 0; fi\n'
-                     f'exec {real} "$@"')
+    old = fake_bwrap(f'if [ "$1" = "--help" ]; then {real} --help | grep -v -e disable-userns -e -- "--size"; '
+                     f'exit 0; fi\nexec {real} "$@"')
     monkeypatch.setenv("NANOCHAT_BWRAP", old)
     assert sandbox_problem() is None
     assert "lacks --disable-userns, --size" in execution.sandbox_description()
