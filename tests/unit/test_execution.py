@@ -5,6 +5,9 @@ import threading
 import time
 
 from nanochat.execution import execute_code
+from sandbox_helpers import needs_sandbox
+
+pytestmark = needs_sandbox  # without bubblewrap execute_code refuses (tests/unit/test_sandbox_refusal.py)
 
 
 def test_runs_code_and_reports_failures():
