@@ -1,15 +1,18 @@
 """Chat evaluation: ARC-E/C and MMLU by letter logits, GSM8K / HumanEval / spelling by sampling (HumanEval code runs
-in the sandbox), and ChatCORE (mean accuracy centred on each task's random baseline). --demo: synthetic tasks."""
+in the kernel sandbox of nanochat/execution.py, or is skipped with the reason where that cannot be set up), and
+ChatCORE (mean accuracy centred on each task's random baseline over the tasks run). --demo: synthetic tasks."""
 import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint import check_run_id, load_model, run_id_from
 from nanochat.common import ArgumentParser, UsageError, compute_cleanup, compute_init, print0, run_main
 from nanochat.engine import Engine
+from nanochat.execution import sandbox_description, sandbox_problem, set_unsafe_exec
 from nanochat.report import get_report
 from nanochat.trainer import nonnegative_float, nonnegative_int, positive_int
 
 REAL_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]
+SANDBOXED_TASKS = {"HumanEval"}  # tasks that execute model-written code
 RANDOM_BASELINE = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "DemoFirstLetter": 0.25}
 
 
@@ -70,6 +73,21 @@ def chatcore(accuracies: dict) -> float:
     return sum(centred) / len(centred)
 
 
+def sandbox_skips(names, unsafe: bool, ddp: bool = False, device=None) -> dict:
+    """{task: reason} for the tasks that would run model-written code on a machine where the sandbox cannot be set
+    up (all ranks agree: one rank without it skips them everywhere). Nothing is skipped under --unsafe-exec."""
+    wanted = [n for n in names if n in SANDBOXED_TASKS]
+    if not wanted or unsafe:
+        return {}
+    problem = sandbox_problem()
+    if ddp:
+        flag = torch.tensor([1 if problem else 0], dtype=torch.long, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not problem:
+            problem = "code sandbox unavailable on another rank"
+    return {n: problem for n in wanted} if problem else {}
+
+
 def build_parser():
     p = ArgumentParser(prog="python -m nanochat.scripts.chat_eval", description=__doc__)
     p.add_argument("-i", "--source", choices=["mid", "sft"], default="sft", help="which chat model")
@@ -86,6 +104,8 @@ def build_parser():
     p.add_argument("-t", "--temperature", type=nonnegative_float, default=0.0, help="0 = greedy")
     p.add_argument("-k", "--top_k", type=positive_int, default=50)
     p.add_argument("--device_type", default="")
+    p.add_argument("--unsafe-exec", "--unsafe_exec", dest="unsafe_exec", action="store_true",
+                   help="run HumanEval's model-written code WITHOUT the kernel sandbox (it can read/write your files)")
     return p
 
 
@@ -104,8 +124,16 @@ def main(argv=None):
     if args["task_name"]:
         names = args["task_name"].split("|")
     max_new = args["max_new_tokens"] or (64 if args["demo"] else 512)
+    if args["unsafe_exec"]:
+        set_unsafe_exec(True)
+    skipped = sandbox_skips(names, args["unsafe_exec"], ddp, device)
+    if any(n in SANDBOXED_TASKS for n in names) and not skipped:
+        print0(f"Code execution: {sandbox_description()}")
     accuracies = {}
     for name in names:
+        if name in skipped:
+            print0(f"{name}: skipped ({skipped[name]})")
+            continue
         task = load_task(name, args["demo"])
         n = len(task) if args["max_problems"] is None else min(len(task), args["max_problems"])
         indices = list(range(rank, n, world_size))
@@ -120,9 +148,11 @@ def main(argv=None):
         accuracies[name] = counts[0].item() / max(1, counts[1].item())
         print0(f"{name} accuracy: {100 * accuracies[name]:.2f}% ({counts[0].item()}/{counts[1].item()})")
     results = dict(accuracies)
+    results.update({name: f"skipped: {reason}" for name, reason in skipped.items()})
     if accuracies:
         results["ChatCORE"] = chatcore(accuracies)
-        print0(f"ChatCORE metric: {results['ChatCORE']:.4f}")
+        note = f" (over the tasks run; skipped: {', '.join(skipped)})" if skipped else ""
+        print0(f"ChatCORE metric: {results['ChatCORE']:.4f}{note}")
     get_report().log(f"Chat evaluation {args['source']}", [
         f"source: {args['source']} | model_tag: {args['model_tag'] or 'default'} | step: {meta.get('step')} | "
         f"demo: {args['demo']}", results])
