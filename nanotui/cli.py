@@ -327,10 +327,14 @@ def cmd_ls(a) -> int:
 def cmd_status(a) -> int:
     rd = _resolve(a.run)
     s = rd.status_summary()
+    probes = rd.read_state().get("probes") or []   # --device_batch_size=auto tables (nanotui/runtime/probes.py)
     if a.json:
-        print(json.dumps(s, indent=1))
+        print(json.dumps(dict(s, probes=probes), indent=1))
     else:
         print(_status_line(s))
+        from nanotui.core.vramplan import format_probes
+        for line in format_probes(probes):
+            print(line)
     return 0
 
 

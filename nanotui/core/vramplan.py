@@ -6,7 +6,8 @@ from typing import Optional
 from .plan import flag_value
 from .vram import DEFAULT_HEADROOM, GpuSpec, ModelShape, StageVram, format_stage, gpu_spec, plan_stage
 
-__all__ = ["PROFILE_GPU", "stage_shapes", "plan_vram", "format_plan", "choose_gpu", "predicted_peak"]
+__all__ = ["PROFILE_GPU", "stage_shapes", "plan_vram", "format_plan", "choose_gpu", "predicted_peak", "format_probes",
+           "expected_peak"]
 
 PROFILE_GPU = {"4090": "4090", "8xh100": "h100"}   # the card a profile is written for
 DEFAULT_VOCAB = 65536      # tok_train's default
@@ -83,3 +84,53 @@ def predicted_peak(sv: StageVram, device_bs: Optional[int]) -> Optional[float]:
     """Predicted training peak (GiB) of `sv` at `device_bs`, None when that batch is not in its table."""
     row = sv.row(device_bs) if device_bs else None
     return row.train_gib if row else None
+
+
+def _gib(v) -> str:
+    return f"{v:.2f} GiB" if isinstance(v, (int, float)) else "n/a"
+
+
+def format_probes(probes) -> list:
+    """Lines for `nanotui status`: per probed stage, the choice and the measured table (state.json `probes`)."""
+    lines = []
+    for p in probes or []:
+        chosen = p.get("device_bs") or "none fits"
+        ev = p.get("eval_bs")
+        evtxt = f", eval batch {ev}" if ev not in (None, p.get("device_bs")) else ""
+        room = p.get("headroom")
+        lines.append(f"probe {p.get('stage')}: device_batch_size auto -> {chosen}{evtxt} (headroom "
+                     f"{room:.0%}, limit {_gib(p.get('limit_gib'))} of {_gib(p.get('capacity_gib'))})"
+                     if isinstance(room, (int, float)) else
+                     f"probe {p.get('stage')}: device_batch_size auto -> {chosen}{evtxt}")
+        rows = [f"B={r.get('device_bs')} {r.get('outcome')}" + (f" {_gib(r.get('reserved_gib'))}"
+                                                               if r.get("reserved_gib") is not None else "")
+                for r in p.get("rows") or []]
+        if rows:
+            lines.append("  " + " | ".join(rows))
+    return lines
+
+
+def expected_peak(plan: dict, stage: Optional[str], device_bs: Optional[int], gpu_name: Optional[str] = None,
+                  mem_total: Optional[int] = None, headroom: float = DEFAULT_HEADROOM) -> Optional[float]:
+    """Predicted training peak (GiB) of the running stage at its device batch on this card (for the VRAM panel's
+    marker); None for a stage that does not train, an unknown batch, or when no card can be named."""
+    if not stage or not device_bs:
+        return None
+    try:
+        gpu = choose_gpu(None, {"name": gpu_name, "mem_total": mem_total} if gpu_name else None,
+                         str(plan.get("profile")))
+    except ValueError:
+        if not mem_total:
+            return None
+        gpu = GpuSpec("GPU", mem_total / 2**30)
+    for sv in plan_vram({"stages": [s for s in plan.get("stages") or [] if s.get("name") in (stage, "tok_train",
+                                                                                              "base_train")]},
+                        gpu, headroom):
+        if sv.stage == stage:
+            row = sv.row(device_bs)
+            if row is None:  # a batch outside the table (it keeps the two smallest misfits): compute it
+                from .vram import Assumptions, device_bytes, training_terms
+                a = Assumptions(compiled=sv.compiled, world_size=sv.world_size)
+                return device_bytes(training_terms(sv.shape, device_bs, a), a) / 2**30
+            return row.train_gib
+    return None

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanotui.core import oom as policy
-from nanotui.core.events import CheckpointSaved, Config, Error, Oom, Step
+from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step
 from nanotui.core.logparse import LogParser
-from nanotui.runtime import procs
+from nanotui.runtime import probes, procs
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
 from nanotui.runtime.rundir import RunDir
@@ -279,6 +279,7 @@ class Supervisor:
         term_sent_at: float | None = None
         killed = False
         quiet = catch_up  # while re-reading an adopted log, don't repeat its events
+        recorder = probes.ProbeRecorder(stage)
 
         def consume(lines: list[str]) -> None:
             nonlocal oom_ev, error
@@ -302,6 +303,8 @@ class Supervisor:
                         self.state["total_batch_size"] = ev.value.get("total_batch_size")
                     elif t is Config and ev.key == "micro_batch":
                         self.state["seq_len"] = ev.value.get("seq_len") or self.state.get("seq_len")
+                    elif t is BatchProbe or t is BatchChoice:
+                        self._on_probe(idx, recorder.observe(ev), quiet)
 
         if catch_up:
             while True:
@@ -349,6 +352,20 @@ class Supervisor:
             code, sig = None, None
         self._pgid = None
         return AttemptEnd(code, sig, oom_ev, error, parser.last_step)
+
+    def _on_probe(self, idx: int, record: dict | None, quiet: bool) -> None:
+        """A stage's `--device_batch_size=auto` probe finished: its choice is the attempt's batch size from now on
+        (OOM ladder, resume), and the table goes into state.json (`probes`) and events (`device_bs_probe`)."""
+        if record is None:
+            return
+        if record.get("device_bs"):
+            self.state["device_bs"] = record["device_bs"]
+            self.stage_rec(idx)["device_bs"] = record["device_bs"]
+        probes.record_probe(self.state, record)
+        self.save_state()
+        if not quiet:
+            chosen = record.get("device_bs") or "none fits"
+            self.event("device_bs_probe", message=f"{record['stage']}: device_batch_size auto -> {chosen}", **record)
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -415,6 +432,11 @@ class Supervisor:
                         return self._stopped(idx, self.request[1], None)
                 argv, bs = next_attempt or (stage_argv(stage, stage.get("device_bs"), None), stage.get("device_bs"))
                 next_attempt = None
+                argv, bs, reused = probes.reuse(stage, argv, bs, self.state.get("probes"))
+                if reused:
+                    self.event("device_bs_reused", stage=stage["name"], device_bs=bs, from_stage=reused["stage"],
+                               key=reused["key"], message=f"{stage['name']}: device_batch_size={bs} from the "
+                               f"{reused['stage']} probe (same shape)")
                 proc, log, exit_file = self._spawn(idx, argv, bs)
                 end = self._watch(idx, log, exit_file, proc)
             outcome = self._after_attempt(idx, end)
