@@ -288,8 +288,8 @@ class DeviceBatchProbe:
                 else:
                     peak, reserved = result
                     outcome = "fits" if reserved <= limit else "too big"
-                self.rows.append({"device_bs": b, "peak_gib": None if peak is None else round(peak / GIB, 3),
-                                  "reserved_gib": None if reserved is None else round(reserved / GIB, 3),
+                self.rows.append({"device_bs": b, "peak_gib": None if peak is None else round(peak / GIB, 6),
+                                  "reserved_gib": None if reserved is None else round(reserved / GIB, 6),
                                   "outcome": outcome})
                 print0(f"Device batch probe: device_batch_size={b} peak={_fmt(peak)} reserved={_fmt(reserved)} "
                        f"limit={_fmt(limit)} -> {outcome}")
