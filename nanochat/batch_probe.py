@@ -23,6 +23,8 @@ HEADROOM_ENV = "NANOCHAT_AUTO_BS_HEADROOM"        # fraction of the device left 
 MAX_ENV = "NANOCHAT_AUTO_BS_MAX"                  # largest candidate to try (e.g. from `nanotui plan`)
 FAKE_MEMORY_ENV = "NANOCHAT_FAKE_DEVICE_MEMORY_MIB"  # off CUDA: the device capacity to emulate
 DEFAULT_HEADROOM = 0.10
+DEFAULT_MAX_TOKENS = 131072  # without NANOCHAT_AUTO_BS_MAX: at most this many tokens per micro-batch (each candidate
+#                              compiles once, and torch.compile stops specialising after 8 shapes)
 GIB = 2**30
 PROBE_STEPS = 2        # optimizer steps per candidate: the second one runs with the optimizer state allocated
 PROBE_MICRO_STEPS = 2  # micro-steps per optimizer step (when accumulating): the second runs with gradients held
@@ -362,7 +364,8 @@ def resolve_device_batch_size(args, model, optimizers, device, *, vocab_size, se
         forward = torch.compile(model, dynamic=False)
     probe = DeviceBatchProbe(model, optimizers, device, T, vocab_size, per_rank,
                              accum_for=lambda b: per_rank // b, forward=forward, autocast=autocast)
-    chosen, eval_bs, *_ = probe.run(limit_candidates=_env_positive(MAX_ENV))
+    cap = _env_positive(MAX_ENV) or max(1, DEFAULT_MAX_TOKENS // T)
+    chosen, eval_bs, *_ = probe.run(limit_candidates=cap)
     if chosen is None:
         raise torch.OutOfMemoryError("CUDA out of memory: --device_batch_size=auto found no batch size that fits "
                                      "(even device_batch_size=1)")

@@ -183,7 +183,10 @@ def cmd_plan(a) -> int:
     flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc}
     try:
         plan = build_plan(a.profile, collect_overrides(os.environ, flags), python=sys.executable).to_dict()
-        headroom = float(a.headroom) if a.headroom is not None else 0.10
+        try:
+            headroom = float(a.headroom) if a.headroom is not None else 0.10
+        except ValueError:
+            headroom = float("nan")
         if not 0 <= headroom < 1:
             raise ValueError(f"--headroom must be a fraction in [0, 1), got {a.headroom}")
         gpu = choose_gpu(a.gpu, None if a.gpu else _detected_gpu(), a.profile)

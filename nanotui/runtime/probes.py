@@ -2,13 +2,16 @@
 later stage of the same shape (`--device_batch_size=auto` then skips its own probe)."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from nanotui.core.events import BatchChoice, BatchProbe
 from nanotui.core.plan import argv_with, flag_value
-from nanotui.core.vram import shape_key
+from nanotui.core.vram import gpu_spec, shape_key
+from nanotui.core.vramplan import plan_vram
 
 AUTO = "auto"
+MAX_ENV = "NANOCHAT_AUTO_BS_MAX"   # nanochat/batch_probe.py: the largest candidate it tries
 
 
 def stage_shape_key(stage: dict) -> str:
@@ -74,3 +77,22 @@ def reuse(stage: dict, argv: list, device_bs, probes) -> tuple:
             continue
         return argv_with({"argv": argv}, device_bs=b), b, rec
     return argv, device_bs, None
+
+
+def probe_env(stage: dict, argv: list, plan: dict, gpu_sample: Optional[dict]) -> dict:
+    """Env for an `auto` attempt: start the probe at twice the predictor's choice for the card in use (each
+    candidate costs a compile), unless the user set NANOCHAT_AUTO_BS_MAX or no card is known."""
+    if not stage.get("trains") or not is_auto(argv) or os.environ.get(MAX_ENV):
+        return {}
+    gpus = (gpu_sample or {}).get("gpus") or []
+    if not gpus or not gpus[0].get("mem_total"):
+        return {}
+    g = gpus[0]
+    try:
+        card = gpu_spec(g.get("name") or "GPU", capacity_gib=g["mem_total"] / 2**30)
+        sv = next((t for t in plan_vram(plan, card) if t.stage == stage.get("name")), None)
+    except (ValueError, TypeError, KeyError):
+        return {}
+    if sv is None or sv.chosen is None:
+        return {}
+    return {MAX_ENV: str(2 * sv.chosen)}
