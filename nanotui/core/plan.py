@@ -172,8 +172,8 @@ def _validate_overrides(overrides: Mapping) -> dict:
         elif key in _INT_KEYS:
             text = str(value).strip()
             if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text) or int(text) <= 0:
-                also = " or auto" if key in _AUTO_KEYS else ""
-                raise PlanError(f"{key} must be a positive integer{also}, got {str(value)!r}")
+                also = " (or auto: measure it)" if key in _AUTO_KEYS else ""
+                raise PlanError(f"{key} must be a positive integer, got {str(value)!r}{also}")
             out[key] = int(text)
         else:
             text = str(value).strip()

@@ -430,5 +430,7 @@ async def test_vram_panel_marks_the_predicted_peak(tmp_path):
         plan = json.loads((run_dir / "run.json").read_text())
         want = expected_peak(plan, "base_train", 4, g.name, g.mem_total)
         assert want is not None and snap.vram_predicted_gib == pytest.approx(want)
-        vram = str(app.screen.query_one("#vram").render())
-        assert "│" in vram and f"predicted {want:.1f}G" in vram
+        panel = app.screen.query_one("#vram")
+        bar_line = str(panel.render()).splitlines()[1]
+        assert bar_line.count("│") == 1 and bar_line.index("│") == int(want * 2**30 / g.mem_total * len(bar_line))
+        assert panel.border_subtitle == f"│ predicted {want:.1f}G"

@@ -299,7 +299,7 @@ class VramPanel(Panel):
                 t.append(f"{gib(g.ram_used)}/{gib(g.ram_total)} GiB\n")
                 t.append(bar(frac, width) + "\n", "cyan")
                 t.append(sparkline(g.ram_trend, width) or "", "cyan")
-            set_border(self, title="VRAM (host memory)")
+            set_border(self, title="VRAM (host memory)", subtitle="")
             return t
         used, total = g.mem_used or 0, g.mem_total
         free = max(0, total - used)
@@ -322,16 +322,16 @@ class VramPanel(Panel):
         if g.proc_mem is not None:
             t.append("run ", "dim")
             t.append(f"{gib(g.proc_mem)} GiB ({100 * g.proc_mem / total:.0f}% of card)")
-        if pred:
-            t.append("  │", "bold magenta")
-            t.append(f" predicted {pred:.1f}G", "magenta")
+        t.append("\n")
+        t.append(sparkline(g.mem_trend, width) or "", style)
+        subtitle = ""
+        if pred:  # the marker's legend: predicted peak of this stage at this batch (and the probe's measurement)
+            subtitle = f"│ predicted {pred:.1f}G"
             probe = snap.vram_probe or {}
             row = next((r for r in probe.get("rows") or [] if r.get("device_bs") == probe.get("device_bs")), None)
             if row and row.get("reserved_gib") is not None:
-                t.append(f" probe {row['reserved_gib']:.1f}G", "magenta")
-        t.append("\n")
-        t.append(sparkline(g.mem_trend, width) or "", style)
-        set_border(self, title=f"VRAM {g.name or ''}".rstrip())
+                subtitle += f" · probe {row['reserved_gib']:.1f}G"
+        set_border(self, title=f"VRAM {g.name or ''}".rstrip(), subtitle=subtitle)
         return t
 
 
