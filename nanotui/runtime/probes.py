@@ -96,3 +96,12 @@ def probe_env(stage: dict, argv: list, plan: dict, gpu_sample: Optional[dict]) -
     if sv is None or sv.chosen is None:
         return {}
     return {MAX_ENV: str(2 * sv.chosen)}
+
+
+def last_gpu_sample(rd) -> Optional[dict]:
+    """The newest gpu.jsonl sample of a RunDir, None when there is none or it cannot be read."""
+    try:
+        samples = rd.read_gpu(tail=1)
+    except (OSError, ValueError):
+        return None
+    return samples[-1] if samples else None

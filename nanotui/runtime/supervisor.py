@@ -247,7 +247,7 @@ class Supervisor:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (stage.get("env") or {}).items()})
         env["PYTHONUNBUFFERED"] = "1"
-        env.update(probes.probe_env(stage, argv, self.plan, (self.rd.read_gpu(tail=1) or [None])[-1]))
+        env.update(probes.probe_env(stage, argv, self.plan, probes.last_gpu_sample(self.rd)))
         env.setdefault("NANOCHAT_BASE_DIR", str(self.plan.get("base_dir") or ""))
         if not env["NANOCHAT_BASE_DIR"]:
             env.pop("NANOCHAT_BASE_DIR")
