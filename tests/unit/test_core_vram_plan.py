@@ -48,7 +48,7 @@ def test_device_bs_auto_in_plans():
     assert all("--device_batch_size=auto" in s.argv for s in trains)
     assert build_plan("4090", {"DEVICE_BS": "AUTO", "SFT_BS": "2"}).stage("chat_sft").device_bs == 2
     assert build_plan("4090", {"SFT_BS": "auto"}).stage("base_train").device_bs == 4
-    with pytest.raises(PlanError, match="positive integer, got .many. \(or auto"):
+    with pytest.raises(PlanError, match=r"positive integer, got .many. \(or auto"):
         build_plan("4090", {"DEVICE_BS": "many"})
     with pytest.raises(PlanError, match="must be a positive integer, got"):
         build_plan("4090", {"SEQ_LEN": "auto"})
