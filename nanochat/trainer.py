@@ -80,6 +80,13 @@ nonnegative_int = _int_flag(0)
 int_or_disabled = _int_flag(1, allow=(-1, 0))  # -1 (and 0) disable a periodic action
 
 
+def device_batch_size_flag(text):
+    """A positive integer, or `auto` (the stage measures the device: nanochat/batch_probe.py)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
+
+
 def float_flag(text):
     try:
         value = float(text)
@@ -127,8 +134,8 @@ def add_training_flags(parser, **defaults):
     p = parser
     p.add_argument("--run", type=str, default=d["run"], help="W&B run name ('dummy' disables W&B)")
     p.add_argument("--device_type", type=str, default=d["device_type"], help="cuda|mps|cpu (empty: autodetect)")
-    p.add_argument("--device_batch_size", type=positive_int, default=d["device_batch_size"],
-                   help="sequences per forward pass per device (lower it on OOM; the total batch stays)")
+    p.add_argument("--device_batch_size", type=device_batch_size_flag, default=d["device_batch_size"],
+                   help="sequences per forward pass per device, or auto (probe the device; the total batch stays)")
     p.add_argument("--max_seq_len", type=positive_int, default=d["max_seq_len"], help="context length")
     p.add_argument("--total_batch_size", type=positive_int, default=d["total_batch_size"],
                    help="tokens per optimizer step, all ranks together")

@@ -95,6 +95,42 @@ def cmd_start(a) -> int:
     return _start_plan(plan, a)
 
 
+def _detected_gpu() -> dict | None:
+    """The first GPU NVML reports (name, mem_total bytes), or None."""
+    try:
+        from nanotui.runtime.gpu import open_backend
+        backend = open_backend()
+        gpus = backend.sample([]).get("gpus") if backend.available else None
+        return gpus[0] if gpus else None
+    except Exception:
+        return None
+
+
+def cmd_plan(a) -> int:
+    """`nanotui plan --profile P [--gpu NAME] [--headroom F]`: predicted memory per DEVICE_BS of each training stage."""
+    from nanotui.core.plan import PlanError, build_plan, collect_overrides
+    from nanotui.core.vramplan import choose_gpu, format_plan, plan_vram
+    flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc}
+    try:
+        plan = build_plan(a.profile, collect_overrides(os.environ, flags), python=sys.executable).to_dict()
+        try:
+            headroom = float(a.headroom) if a.headroom is not None else 0.10
+        except ValueError:
+            headroom = float("nan")
+        if not 0 <= headroom < 1:
+            raise ValueError(f"--headroom must be a fraction in [0, 1), got {a.headroom}")
+        gpu = choose_gpu(a.gpu, None if a.gpu else _detected_gpu(), a.profile)
+        tables = plan_vram(plan, gpu, headroom)
+    except (PlanError, ValueError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else "bad --headroom") from None
+    if a.json:
+        print(json.dumps({"profile": a.profile, "gpu": gpu.name, "capacity_gib": gpu.capacity_gib,
+                          "stages": [t.to_dict() for t in tables]}, indent=2))
+    else:
+        print("\n".join(format_plan(tables, a.profile)))
+    return 0
+
+
 def cmd_run(a) -> int:
     from nanotui.core.plan import PlanError, plan_for_command
     cmd = list(a.cmd)
@@ -215,10 +251,14 @@ def cmd_ls(a) -> int:
 def cmd_status(a) -> int:
     rd = _resolve(a.run)
     s = rd.status_summary()
+    probes = rd.read_state().get("probes") or []   # --device_batch_size=auto tables (nanotui/runtime/probes.py)
     if a.json:
-        print(json.dumps(s, indent=1))
+        print(json.dumps(dict(s, probes=probes), indent=1))
     else:
         print(_status_line(s))
+        from nanotui.core.vramplan import format_probes
+        for line in format_probes(probes):
+            print(line)
     return 0
 
 
@@ -424,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--attach", action="store_true", help="attach right after starting")
     grace(sp)
     sp.set_defaults(fn=cmd_start)
+
+    sp = sub.add_parser("plan", help="predicted VRAM per DEVICE_BS for each training stage of a profile")
+    sp.add_argument("--profile", required=True)
+    sp.add_argument("--gpu", help="4090, h100, a100, ... or a size in GiB (default: the detected GPU, else the "
+                                  "profile's)")
+    sp.add_argument("--headroom", help="fraction of the card left free (default 0.1)")
+    sp.add_argument("--device-bs")
+    sp.add_argument("--seq-len")
+    sp.add_argument("--nproc")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("run", help="supervise any command: nanotui run -- bash speedrun.sh")
     grace(sp)

@@ -12,6 +12,7 @@ os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 
 import torch  # noqa: E402
 
+from nanochat.batch_probe import resolve_device_batch_size  # noqa: E402
 from nanochat.common import (UsageError, autodetect_device_type, compute_cleanup, compute_init,  # noqa: E402
                              print0, run_main)
 from nanochat.trainer import (FlagParser, Trainer, add_training_flags, compute_grad_accum, float_flag,  # noqa: E402
@@ -89,19 +90,20 @@ def make_val_bpb_evaluator(args, tokenizer, token_bytes, lanes):
     def evaluate(trainer, step, last):
         if args.eval_every <= 0 or not (last or step % args.eval_every == 0):
             return
+        eval_bs = getattr(args, "eval_batch_size", None) or trainer.B  # smaller when the auto probe said so
         trainer.model.eval()
         try:
             def make_batches():
                 if lanes > 1:
-                    loader = DataLoader(tokenizer, trainer.B, trainer.T, "val", trainer.device, rank=0,
+                    loader = DataLoader(tokenizer, eval_bs, trainer.T, "val", trainer.device, rank=0,
                                         world_size=lanes, lanes=list(range(lanes)))
                 else:
-                    loader = DataLoader(tokenizer, trainer.B, trainer.T, "val", trainer.device, rank=trainer.rank,
+                    loader = DataLoader(tokenizer, eval_bs, trainer.T, "val", trainer.device, rank=trainer.rank,
                                         world_size=trainer.world_size)
                 while True:
                     yield loader.next_batch()
             bpb = evaluate_bpb_budget(lambda x, y, **kw: trainer.eval_forward(x, y, **kw), make_batches,
-                                      args.eval_tokens, trainer.B, trainer.T, token_bytes,
+                                      args.eval_tokens, eval_bs, trainer.T, token_bytes,
                                       world_size=trainer.world_size)
         finally:
             trainer.model.train()
@@ -175,7 +177,8 @@ def main(argv=None):
         lanes = args.data_lanes
         if lanes > 1 and ddp:
             raise UsageError("--data_lanes is for a single process; under torchrun the ranks are the lanes")
-        compute_grad_accum(args.total_batch_size, args.device_batch_size, args.max_seq_len, world_size)
+        if args.device_batch_size != "auto":  # auto: the probe below picks a batch that divides
+            compute_grad_accum(args.total_batch_size, args.device_batch_size, args.max_seq_len, world_size)
         require_shards("train")
         require_shards("val")
         tokenizer = get_tokenizer()
@@ -200,6 +203,7 @@ def main(argv=None):
         num_iterations = compute_num_iterations(args, num_params, flops_per_token)
         optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                             matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
+        resolve_device_batch_size(args, model, optimizers, device, vocab_size=vocab_size, compile_model=True)
 
         def make_train_loader(state):
             if lanes > 1:  # one process reading the data of `lanes` virtual ranks, micro-batch by micro-batch

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import torch
 
+from nanochat.batch_probe import resolve_device_batch_size
 from nanochat.checkpoint import STAGE_DIRS, check_run_id, find_largest_model, load_model, run_id_from
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
 from nanochat.report import get_report
@@ -55,7 +56,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     t_start = time.time()
     ddp, rank, _, world_size, device = compute_init(args.device_type or None)
-    accum = check_sft_batch(args.target_examples_per_step, args.device_batch_size, world_size)
+    if args.device_batch_size != "auto":  # auto: checked after the probe below
+        check_sft_batch(args.target_examples_per_step, args.device_batch_size, world_size)
     args.total_batch_size = args.target_examples_per_step  # SFT counts its batch in conversations
     if args.eval_every is None:
         args.eval_every = 50 if args.demo else 100
@@ -79,6 +81,8 @@ def main(argv=None):
     optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                         matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
     scale_initial_lr(optimizers, args.init_lr_frac)
+    resolve_device_batch_size(args, model, optimizers, device, vocab_size=tokenizer.get_vocab_size(), sequences=True)
+    accum = check_sft_batch(args.target_examples_per_step, args.device_batch_size, world_size)
 
     def make_loader(state):
         return SFTLoader(tokenizer, train_set, args.device_batch_size, accum, device, args.max_seq_len, rank,
@@ -88,7 +92,8 @@ def main(argv=None):
         if not (last or (args.eval_every > 0 and step % args.eval_every == 0)):
             return
         model.eval()
-        val = SFTLoader(tokenizer, val_set, args.device_batch_size, 1, device, args.max_seq_len, rank, world_size)
+        val = SFTLoader(tokenizer, val_set, args.eval_batch_size or args.device_batch_size, 1, device, args.max_seq_len,
+                        rank, world_size)
         total = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.no_grad():
             for _ in range(args.eval_steps):

@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 
 
+from nanochat.batch_probe import resolve_device_batch_size
 from nanochat.checkpoint import STAGE_DIRS, check_run_id, find_largest_model, load_model, run_id_from
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
 from nanochat.loss_eval import evaluate_bpb_budget
@@ -75,6 +76,8 @@ def main(argv=None):
     optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                         matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
     scale_initial_lr(optimizers, args.init_lr_frac)
+    resolve_device_batch_size(args, model, optimizers, device, vocab_size=tokenizer.get_vocab_size(),
+                              compile_model=True)
     T = args.max_seq_len
     num_iterations = args.num_iterations
     if num_iterations < 0:
@@ -90,12 +93,12 @@ def main(argv=None):
     def evaluate(trainer, step, last):
         if not (last or (args.eval_every > 0 and step % args.eval_every == 0)):
             return
+        eval_bs = args.eval_batch_size or args.device_batch_size  # smaller when the auto probe said so
         model.eval()
         bpb = evaluate_bpb_budget(
             lambda x, y, **kw: trainer.eval_forward(x, y, **kw),
-            lambda: iter(PackedConversationLoader(tokenizer, val_set, args.device_batch_size, T, device, rank,
-                                                  world_size)),
-            args.eval_tokens, args.device_batch_size, T, token_bytes, world_size)
+            lambda: iter(PackedConversationLoader(tokenizer, val_set, eval_bs, T, device, rank, world_size)),
+            args.eval_tokens, eval_bs, T, token_bytes, world_size)
         model.train()
         trainer.record_val_bpb(step, bpb)
 

@@ -7,6 +7,7 @@ from typing import Any, Optional, Union
 __all__ = [
     "Step", "ValBpb", "CoreMetric", "ValLoss", "StepMetrics", "Config", "CheckpointSaved", "Oom",
     "Sample", "EndOfRun", "Error", "EvalResult", "EvalProgress", "ResumedFrom", "StopRequested", "Raw", "Event",
+    "BatchProbe", "BatchChoice",
     "STEP_KINDS", "new_step",
 ]
 
@@ -141,13 +142,36 @@ class StopRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchProbe:
+    """Ours (`--device_batch_size=auto`): `Device batch probe: device_batch_size=8 peak=14.20GiB reserved=15.00GiB
+    limit=21.59GiB -> fits` (outcome fits | too big | OOM; peaks None after an OOM)."""
+    device_bs: int
+    peak_gib: Optional[float]
+    reserved_gib: Optional[float]
+    limit_gib: Optional[float]
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChoice:
+    """Ours: `Device batch size auto: 8 (headroom 10%, ...)` (kind "train") or `Eval batch size auto: 4 (...)`
+    (kind "eval"); device_bs None when nothing fits. `detail` is the parenthesised text."""
+    kind: str
+    device_bs: Optional[int]
+    headroom: Optional[float] = None
+    limit_gib: Optional[float] = None
+    capacity_gib: Optional[float] = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Raw:
     """A line no rule recognised (only emitted by `LogParser(emit_raw=True)`), ANSI already stripped."""
     text: str
 
 
 Event = Union[Step, ValBpb, CoreMetric, ValLoss, StepMetrics, Config, CheckpointSaved, Oom, Sample,
-              EndOfRun, Error, EvalResult, EvalProgress, ResumedFrom, StopRequested, Raw]
+              EndOfRun, Error, EvalResult, EvalProgress, ResumedFrom, StopRequested, BatchProbe, BatchChoice, Raw]
 
 
 class _StepBuilder:

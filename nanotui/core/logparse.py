@@ -8,8 +8,8 @@ import re
 from typing import Optional, Union
 
 from .events import (
-    CheckpointSaved, Config, CoreMetric, EndOfRun, Error, EvalProgress, EvalResult, Event, Oom, Raw,
-    ResumedFrom, Sample, Step, StepMetrics, StopRequested, ValBpb, ValLoss, new_step,
+    BatchChoice, BatchProbe, CheckpointSaved, Config, CoreMetric, EndOfRun, Error, EvalProgress, EvalResult, Event,
+    Oom, Raw, ResumedFrom, Sample, Step, StepMetrics, StopRequested, ValBpb, ValLoss, new_step,
 )
 
 __all__ = ["parse_line", "clean_line", "strip_ansi", "LogParser", "parse_text"]
@@ -43,6 +43,9 @@ _ERROR_RE = re.compile(
 _RANK_PREFIX_RE = re.compile(r"\[(?:rank|default)\d+\]:\s?")
 _PARAM_TOTAL_RE = re.compile(r"total\s+: ([\d,]+)\s*$")
 _MODEL_LINE_RE = re.compile(r"(num_layers|model_dim|num_heads|num_kv_heads): (\d+)\s*$")
+_PROBE_RE = re.compile(r"Device batch probe: device_batch_size=(\d+) peak=(\S+) reserved=(\S+) limit=(\S+) -> (.+?)\s*$")
+_CHOICE_RE = re.compile(r"(Device|Eval) batch size auto: (\d+|none fits)\s*(?:\((.*)\))?\s*$")
+_CHOICE_DETAIL_RE = re.compile(r"headroom ([\d.]+)%, limit ([\d.]+(?:GiB|MiB)) of ([\d.]+(?:GiB|MiB))")
 _RESUMED_RE = re.compile(r"Resuming optimization from step (\d+)")
 _STOPPED_RE = re.compile(r"Stopped on request \(([^)]*)\) at step (\d+)(?:; checkpoint: step (\d+))?")
 _SPLIT_BPB_RE = re.compile(r"(train|val) bpb: ([\d.]+)\s*$")
@@ -222,6 +225,29 @@ def _parse_model_config(text: str) -> Optional[dict]:
     return None
 
 
+def _gib(text: str) -> Optional[float]:
+    """`14.20GiB` -> 14.2, `512.00MiB` -> 0.5; `n/a` -> None."""
+    if text.endswith("GiB"):
+        return _num(text[:-3])
+    if text.endswith("MiB"):
+        v = _num(text[:-3])
+        return v / 1024 if v is not None else None
+    return None
+
+
+def _parse_choice(s: str) -> Optional[BatchChoice]:
+    m = _CHOICE_RE.match(s)
+    if not m:
+        return None
+    kind = "train" if m.group(1) == "Device" else "eval"
+    bs = int(m.group(2)) if m.group(2).isdigit() else None
+    detail = m.group(3) or ""
+    d = _CHOICE_DETAIL_RE.search(detail)
+    if d:
+        return BatchChoice(kind, bs, float(d.group(1)) / 100, _gib(d.group(2)), _gib(d.group(3)), detail)
+    return BatchChoice(kind, bs, detail=detail)
+
+
 def _parse_other(s: str) -> Optional[Event]:
     """Every rule except step lines; `s` is a clean, non-empty line."""
     c = s[0]
@@ -302,6 +328,13 @@ def _parse_other(s: str) -> Optional[Event]:
     elif c == "D" and s.startswith("Device batch size:"):
         v = _int(s[18:])
         return Config("device_bs", v) if v is not None else None
+    elif c == "D" and s.startswith("Device batch probe:"):
+        m = _PROBE_RE.match(s)
+        if m:
+            return BatchProbe(int(m.group(1)), _gib(m.group(2)), _gib(m.group(3)), _gib(m.group(4)), m.group(5))
+        return None
+    elif (c == "D" or c == "E") and " batch size auto:" in s:
+        return _parse_choice(s)
     elif c == "R":
         if s.startswith("Rank "):
             m = _RANK_PROGRESS_RE.match(s)
@@ -507,6 +540,9 @@ class LogParser:
                 self._device_bs = ev.value["device_bs"]
             elif key == "device_bs":
                 self._device_bs = ev.value
+        elif cls is BatchChoice:
+            if ev.kind == "train" and ev.device_bs is not None:
+                self._device_bs = ev.device_bs
         elif cls is Oom:
             if self._oom_latched:
                 return

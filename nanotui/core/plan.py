@@ -28,6 +28,8 @@ OVERRIDE_KEYS = {
     "WANDB_RUN": "--wandb-run", "SFT_BS": "--sft-bs",
 }
 _INT_KEYS = ("DEVICE_BS", "SEQ_LEN", "NPROC_PER_NODE", "SFT_BS")
+_AUTO_KEYS = ("DEVICE_BS", "SFT_BS")   # may be "auto": the stage probes the device (nanochat/batch_probe.py)
+AUTO = "auto"
 _TRAIN_SUBDIR = {name: fam for name, (fam, _) in TRAIN_STAGES.items()}
 _LOG_KIND = {name: kind for name, (_, kind) in TRAIN_STAGES.items()}
 _UPSTREAM_DEFAULT_TOTAL_BATCH = 524288
@@ -165,10 +167,13 @@ def _validate_overrides(overrides: Mapping) -> dict:
             raise PlanError(f"unknown override {key!r}; known: {', '.join(OVERRIDE_KEYS)}")
         if value is None or (isinstance(value, str) and value.strip() == ""):
             continue
-        if key in _INT_KEYS:
+        if key in _AUTO_KEYS and str(value).strip().lower() == AUTO:
+            out[key] = AUTO
+        elif key in _INT_KEYS:
             text = str(value).strip()
             if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text) or int(text) <= 0:
-                raise PlanError(f"{key} must be a positive integer, got {str(value)!r}")
+                also = " (or auto: measure it)" if key in _AUTO_KEYS else ""
+                raise PlanError(f"{key} must be a positive integer, got {str(value)!r}{also}")
             out[key] = int(text)
         else:
             text = str(value).strip()
@@ -213,6 +218,8 @@ def build_plan(profile: str, overrides: Optional[Mapping] = None, python: str = 
     given = _validate_overrides(overrides or {})
     values = dict(spec["defaults"])
     values.update(given)
+    if given.get("DEVICE_BS") == AUTO and "SFT_BS" not in given:
+        values["SFT_BS"] = AUTO   # DEVICE_BS=auto probes every training stage unless SFT_BS is given
     nproc = values["NPROC_PER_NODE"]
     stages = []
     for name, module, args, launcher in spec["stages"]:
@@ -222,9 +229,11 @@ def build_plan(profile: str, overrides: Optional[Mapping] = None, python: str = 
         world = nproc if launcher == "torchrun" else 1
         trains = name in _TRAIN_SUBDIR
         device_bs = values["SFT_BS"] if name == "chat_sft" else values["DEVICE_BS"] if trains else None
+        if device_bs == AUTO:
+            device_bs = None   # chosen by the stage's probe; argv carries --device_batch_size=auto
         seq_len = values["SEQ_LEN"] if name in ("base_train", "mid_train") else None
         total = spec["total_batch_size"].get(name)
-        if total is not None and total % (device_bs * seq_len * world):
+        if total is not None and device_bs is not None and total % (device_bs * seq_len * world):
             raise PlanError(
                 f"{name}: DEVICE_BS={device_bs} x SEQ_LEN={seq_len} x NPROC_PER_NODE={world} = "
                 f"{device_bs * seq_len * world} tokens does not divide the total batch size {total}; "

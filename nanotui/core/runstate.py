@@ -187,6 +187,7 @@ class RunState:
     log: Optional[str] = None          # current attempt's log, relative to the run dir
     grace: Any = None                  # seconds or "off"
     carried_bs: dict = field(default_factory=dict)   # seq_len (str) -> device_bs a fallback found to fit
+    probes: list = field(default_factory=list)       # --device_batch_size=auto records, newest per stage
     updated: Optional[float] = None
     stages: list = field(default_factory=list)       # [StageRecord]
     extra: dict = field(default_factory=dict)        # unknown keys, kept verbatim
@@ -218,6 +219,8 @@ class RunState:
                 v = v.to_json()
             elif f.name == "carried_bs":
                 v = dict(v)
+            elif f.name == "probes":
+                v = list(v)
             out[f.name] = v
         return out
 
@@ -265,6 +268,10 @@ class RunState:
         if not isinstance(carried, Mapping):
             raise StateError(f"carried_bs is {carried!r}, expected an object")
         kw["carried_bs"] = {str(k): v for k, v in carried.items() if isinstance(v, int) and not isinstance(v, bool)}
+        probes = o.get("probes") or []
+        if not isinstance(probes, list):
+            raise StateError(f"probes is {type(probes).__name__}, expected a list")
+        kw["probes"] = [p for p in probes if isinstance(p, Mapping)]
         run_id = o.get("run_id")
         if run_id is not None and not isinstance(run_id, str):
             raise StateError(f"run_id is {run_id!r}, expected a string")
@@ -323,6 +330,10 @@ EVENT_FIELDS: dict = {
     "signal": ("signal", "action"),
     "disk_full": ("where", "error"),
     "disk_ok": ("where",),
+    # --device_batch_size=auto (nanotui/runtime/probes.py): a stage's probe record, and a later stage reusing it
+    "device_bs_probe": ("stage", "key", "device_bs", "eval_bs", "eval_detail", "headroom", "limit_gib",
+                        "capacity_gib", "detail", "rows"),
+    "device_bs_reused": ("stage", "device_bs", "from_stage", "key"),
 }
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 from nanotui.core import oom as policy
 from nanotui.core.argvflags import flag_value
-from nanotui.core.events import CheckpointSaved, Config, Error, Oom, Step
+from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step
 from nanotui.core.logparse import LogParser
 from nanotui.core.runstate import (DISK_FULL, EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest,
                                    PendingOomRecord, RestartRequest, RunState, StopRequest, make_event)
-from nanotui.runtime import procs
+from nanotui.runtime import probes, procs
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
 from nanotui.runtime.rundir import RunDir, shown, write_all
@@ -313,10 +313,11 @@ class Supervisor:
                 print(f"gpu sample failed: {e}", file=sys.stderr, flush=True)
 
     # ---- one attempt --------------------------------------------------------------------------
-    def _stage_env(self, stage: dict) -> dict:
+    def _stage_env(self, stage: dict, argv: list[str]) -> dict:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (stage.get("env") or {}).items()})
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(probes.probe_env(stage, argv, self.plan, probes.last_gpu_sample(self.rd)))
         env.setdefault("NANOCHAT_BASE_DIR", str(self.plan.get("base_dir") or ""))
         if not env["NANOCHAT_BASE_DIR"]:
             env.pop("NANOCHAT_BASE_DIR")
@@ -343,7 +344,7 @@ class Supervisor:
             self.state.step = self.state.total = None
         self.state.stage_index, self.state.stage, self.state.attempt = idx, stage["name"], attempt
         try:
-            proc = procs.spawn_stage(argv, env=self._stage_env(stage), cwd=self.plan.get("cwd"), log_path=log,
+            proc = procs.spawn_stage(argv, env=self._stage_env(stage, argv), cwd=self.plan.get("cwd"), log_path=log,
                                      exit_path=exit_file)
         except OSError as e:
             where = f" in {self.plan.get('cwd')}" if isinstance(e, FileNotFoundError) and self.plan.get("cwd") \
@@ -397,6 +398,7 @@ class Supervisor:
         killed = False
         tree_at = 0.0
         quiet = catch_up  # while re-reading an adopted log, don't repeat its events
+        recorder = probes.ProbeRecorder(stage)
 
         def consume(lines: list[str]) -> None:
             for line in lines:
@@ -421,6 +423,8 @@ class Supervisor:
                         self.state.total_batch_size = ev.value.get("total_batch_size")
                     elif t is Config and ev.key == "micro_batch":
                         self.state.seq_len = ev.value.get("seq_len") or self.state.seq_len
+                    elif t is BatchProbe or t is BatchChoice:
+                        self._on_probe(idx, recorder.observe(ev), quiet)
 
         if catch_up:
             while True:
@@ -517,6 +521,20 @@ class Supervisor:
             self.event("escaped", stage=name, pids=still,
                        message=f"{name}: processes {still} survive SIGKILL (stuck in the kernel?)")
 
+    def _on_probe(self, idx: int, record: dict | None, quiet: bool) -> None:
+        """A stage's `--device_batch_size=auto` probe finished: its choice is the attempt's batch size from now on
+        (OOM ladder, resume), and the table goes into state.json (`probes`) and events (`device_bs_probe`)."""
+        if record is None:
+            return
+        if record.get("device_bs"):
+            self.state.device_bs = record["device_bs"]
+            self.stage_rec(idx).device_bs = record["device_bs"]
+        self.state.probes = probes.record_probe(self.state.probes, record)
+        self.save_state()
+        if not quiet:
+            chosen = record.get("device_bs") or "none fits"
+            self.event("device_bs_probe", message=f"{record['stage']}: device_batch_size auto -> {chosen}", **record)
+
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
         self.state.supervisor_pid = os.getpid()
@@ -582,6 +600,12 @@ class Supervisor:
                         return self._stopped(idx, self.request.reason, None)
                 argv, bs = next_attempt or self._fresh_attempt(idx)
                 next_attempt = None
+                stage = self.stages[idx]
+                argv, bs, reused = probes.reuse(stage, argv, bs, self.state.probes)
+                if reused:
+                    self.event("device_bs_reused", stage=stage["name"], device_bs=bs, from_stage=reused["stage"],
+                               key=reused["key"], message=f"{stage['name']}: device_batch_size={bs} from the "
+                               f"{reused['stage']} probe (same shape)")
                 spawned = self._spawn(idx, argv, bs)
                 if spawned is None:
                     return 1

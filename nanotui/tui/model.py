@@ -183,6 +183,8 @@ class RunSnapshot:
     problem: str | None = None      # e.g. "disk full: cannot write state.json" (state.problem or a corrupt state)
     history_loaded: bool = False
     now: float = 0.0
+    vram_predicted_gib: float | None = None  # predictor's training peak of this stage at device_bs (core/vramplan)
+    vram_probe: dict | None = None           # this stage's --device_batch_size=auto record (state.json `probes`)
 
 
 def _step_of(value) -> int | None:
@@ -522,7 +524,23 @@ class RunView:
             log_tail=tuple(self.log_tail), log_name=self.tail_log.name if self.tail_log else None,
             pending_oom=st.get("pending_oom"), last_checkpoint=st.get("last_checkpoint"),
             grace=st.get("grace", self.plan.get("grace")), problem=self.rd_problem(st),
-            history_loaded=self.history_loaded, now=now)
+            history_loaded=self.history_loaded, now=now,
+            **self._vram_expectation(st, stage))
+
+    def _vram_expectation(self, st: dict, stage: str | None) -> dict:
+        """Predicted peak and the probe record of the running stage, for the VRAM panel's marker."""
+        from nanotui.core.vramplan import expected_peak
+        g = ((self.gpu_samples[-1].get("gpus") or [{}])[0] if self.gpu_samples else {}) or {}
+        bs = _step_of(st.get("device_bs"))
+        key = (stage, bs, g.get("name"), g.get("mem_total"))
+        if getattr(self, "_vram_key", None) != key:  # the predictor runs once per stage/batch/card, not per poll
+            try:
+                self._vram_pred = expected_peak(self.plan, stage, bs, g.get("name"), g.get("mem_total"))
+            except (TypeError, ValueError, KeyError):
+                self._vram_pred = None
+            self._vram_key = key
+        probe = next((p for p in st.get("probes") or [] if isinstance(p, dict) and p.get("stage") == stage), None)
+        return {"vram_predicted_gib": self._vram_pred, "vram_probe": probe}
 
     def _gpu_view(self, now: float) -> GpuView:
         if not self.gpu_samples:

@@ -381,3 +381,56 @@ async def test_supervisor_shaped_resume_events_do_not_break_the_chart(tmp_path):
         assert (max(ckpts), "restart") in markers and (max(ckpts), "batch") in markers
         chart = str(app.screen.query_one(LossChart).render())
         assert "step" in chart
+
+
+# ---- VRAM plan (issue 12): the start screen's plan and auto option, the VRAM panel's predicted-peak marker ----
+
+async def test_new_run_screen_shows_vram_plan_and_auto_option(tmp_path):
+    from textual.widgets import Checkbox, Select
+
+    from nanotui.core.plan import build_plan
+    from nanotui.core.vram import gpu_spec
+    from nanotui.core.vramplan import plan_vram
+    base, run_dir, now = recorded("finished", tmp_path)
+    actions = FakeActions(start_result=run_dir)
+    app = NanotuiApp(run_dir=None, base_dir=base, control=FakeControl(), actions=actions, clock=lambda: now,
+                     poll_interval=None, theme="textual-dark")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("n")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        plan_text = lambda: str(screen.query_one("#vram-plan").render())  # noqa: E731
+        assert "names no GPU" in plan_text()                   # cpu-demo trains on the CPU
+        screen.query_one("#profile", Select).value = "4090"
+        await pilot.pause()
+        expected = plan_vram(build_plan("4090").to_dict(), gpu_spec("4090"))[0]
+        text = plan_text()
+        assert "RTX 4090" in text and "base_train B=4" in text
+        assert f"{expected.chosen}*:{expected.row(expected.chosen).train_gib:.1f}" in text
+        screen.query_one("#auto-bs", Checkbox).value = True
+        await pilot.pause()
+        assert "base_train auto" in plan_text() and "chat_sft   auto" in plan_text()
+        await pilot.click("#start")
+        await pilot.pause()
+    assert actions.calls == [("start", "4090", {"DEVICE_BS": "auto"})]
+
+
+async def test_vram_panel_marks_the_predicted_peak(tmp_path):
+    import json
+
+    from nanotui.core.vramplan import expected_peak
+    app, _, run_dir = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_history(pilot, app)
+        snap = app.snapshot
+        g = snap.gpu
+        assert g.available and snap.device_bs == 4
+        plan = json.loads((run_dir / "run.json").read_text())
+        want = expected_peak(plan, "base_train", 4, g.name, g.mem_total)
+        assert want is not None and snap.vram_predicted_gib == pytest.approx(want)
+        panel = app.screen.query_one("#vram")
+        bar_line = str(panel.render()).splitlines()[1]
+        assert bar_line.count("│") == 1 and bar_line.index("│") == int(want * 2**30 / g.mem_total * len(bar_line))
+        assert panel.border_subtitle == f"│ predicted {want:.1f}G"

@@ -8,11 +8,36 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Select, Static
+from textual.widgets import Button, Checkbox, DataTable, Footer, Input, Select, Static
 
 from nanotui.tui.model import RunSummary, recent_runs
 
 PROFILES = ("cpu-demo", "4090", "8xh100")
+
+
+def vram_preview(profile: str, overrides: dict, gpu: dict | None = None) -> str:
+    """The start screen's plan: per training stage, predicted GiB per DEVICE_BS (`*` = largest fit), or why not."""
+    from nanotui.core.plan import PlanError, build_plan
+    from nanotui.core.vramplan import choose_gpu, plan_vram
+    try:
+        plan = build_plan(profile, overrides).to_dict()
+    except PlanError as exc:
+        return f"VRAM plan: {str(exc).splitlines()[0]}"
+    try:
+        card = choose_gpu(None, gpu, profile)
+    except ValueError:
+        return f"VRAM plan: none ({profile} names no GPU and none was detected)"
+    lines = [f"VRAM plan on {card.name} ({card.capacity_gib:.0f} GiB, 10% headroom), predicted GiB per DEVICE_BS "
+             f"(* largest fit, ! too big):"]
+    for sv in plan_vram(plan, card):
+        fixed = next((st.get("device_bs") for st in plan["stages"] if st["name"] == sv.stage), None)
+        cells = []
+        for r in sorted(sv.rows, key=lambda r: r.device_bs):
+            mark = "*" if r.device_bs == sv.chosen else ""
+            cells.append(f"{r.device_bs}{mark}:{r.train_gib:.1f}{'' if r.fits else '!'}")
+        use = "auto" if fixed is None else f"B={fixed}"
+        lines.append(f" {sv.stage:<10} {use:<6} " + " ".join(cells))
+    return "\n".join(lines)
 
 
 def parse_overrides(text: str) -> dict[str, str]:
@@ -34,14 +59,46 @@ class NewRunScreen(ModalScreen[tuple[str, dict] | None]):
             yield Static("[b]Start a new run[/]", classes="dialog-text")
             yield Select([(p, p) for p in PROFILES], value=PROFILES[0], allow_blank=False, id="profile")
             yield Input(placeholder="overrides, e.g. DEVICE_BS=4 SEQ_LEN=1024 WANDB_RUN=d20", id="overrides")
+            yield Checkbox("DEVICE_BS auto: probe the GPU before training (keeps the total batch)", id="auto-bs")
+            yield Static("", id="vram-plan")
             yield Static("", id="new-run-error")
             with Horizontal(classes="buttons"):
                 yield Button("Start", id="start", variant="primary")
                 yield Button("Cancel", id="cancel")
 
+    def __init__(self, gpu: dict | None = None):
+        super().__init__()
+        self.gpu = gpu   # the detected card ({name, mem_total}) for the VRAM plan; None = the profile's card
+
+    def on_mount(self) -> None:
+        self._refresh_plan()
+
+    def _overrides(self) -> dict:
+        overrides = parse_overrides(self.query_one("#overrides", Input).value)
+        if self.query_one("#auto-bs", Checkbox).value:
+            overrides["DEVICE_BS"] = "auto"
+        return overrides
+
+    def _refresh_plan(self) -> None:
+        try:
+            overrides = self._overrides()
+        except ValueError:
+            return
+        text = vram_preview(str(self.query_one("#profile", Select).value), overrides, self.gpu)
+        self.query_one("#vram-plan", Static).update(text.replace("[", "\\["))
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._refresh_plan()
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self._refresh_plan()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._refresh_plan()
+
     def _submit(self) -> None:
         try:
-            overrides = parse_overrides(self.query_one("#overrides", Input).value)
+            overrides = self._overrides()
         except ValueError as exc:
             self.query_one("#new-run-error", Static).update(f"[red]error: {exc}[/]")
             return

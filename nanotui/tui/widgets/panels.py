@@ -68,6 +68,15 @@ def bar(frac: float, width: int) -> str:
     return ("█" * full + part).ljust(width, "·")
 
 
+def marker_bar(frac: float, marker: float | None, width: int) -> tuple[str, int | None]:
+    """`bar(frac)` with `│` at the fraction `marker` (the predicted peak); returns (text, marker column|None)."""
+    text = bar(frac, width)
+    if marker is None or not marker > 0:
+        return text, None
+    col = min(width - 1, int(min(1.0, marker) * width))
+    return text[:col] + "│" + text[col + 1:], col
+
+
 def text_key(t: Text) -> tuple:
     """What a Text looks like on screen (characters and styles): two equal keys render the same."""
     return (t.plain, tuple(t.spans), str(t.style))
@@ -293,7 +302,7 @@ class VramPanel(Panel):
                 t.append(f"{gib(g.ram_used)}/{gib(g.ram_total)} GiB\n")
                 t.append(bar(frac, width) + "\n", "cyan")
                 t.append(sparkline(g.ram_trend, width) or "", "cyan")
-            set_border(self, title="VRAM (host memory)")
+            set_border(self, title="VRAM (host memory)", subtitle="")
             return t
         used, total = g.mem_used or 0, g.mem_total
         free = max(0, total - used)
@@ -305,13 +314,27 @@ class VramPanel(Panel):
         if warn:
             t.append(" LOW", "bold red reverse")
         t.append("\n")
-        t.append(bar(used / total, width) + "\n", style)
+        pred = snap.vram_predicted_gib
+        line, col = marker_bar(used / total, pred * GIB / total if pred else None, width)
+        if col is None:
+            t.append(line + "\n", style)
+        else:
+            t.append(line[:col], style)
+            t.append(line[col], "bold magenta")
+            t.append(line[col + 1:] + "\n", style)
         if g.proc_mem is not None:
             t.append("run ", "dim")
             t.append(f"{gib(g.proc_mem)} GiB ({100 * g.proc_mem / total:.0f}% of card)")
         t.append("\n")
         t.append(sparkline(g.mem_trend, width) or "", style)
-        set_border(self, title=f"VRAM {g.name or ''}".rstrip())
+        subtitle = ""
+        if pred:  # the marker's legend: predicted peak of this stage at this batch (and the probe's measurement)
+            subtitle = f"│ predicted {pred:.1f}G"
+            probe = snap.vram_probe or {}
+            row = next((r for r in probe.get("rows") or [] if r.get("device_bs") == probe.get("device_bs")), None)
+            if row and row.get("reserved_gib") is not None:
+                subtitle += f" · probe {row['reserved_gib']:.1f}G"
+        set_border(self, title=f"VRAM {g.name or ''}".rstrip(), subtitle=subtitle)
         return t
 
 
