@@ -416,7 +416,7 @@ def apply_plan(ckpt_dir: str, plan: ResumePlan, quiet: bool = False) -> list:
             continue
         tag = os.path.basename(dest)
         if abandoned:
-            why = (f"abandoned by this run's fresh start" if plan.step is None else
+            why = ("abandoned by this run's fresh start" if plan.step is None else
                    f"abandoned by resuming run {plan.run_id} from step {plan.step}")
             print(f"Checkpoints moved aside: {_steps_text(steps)} of run {label or 'without run id'} ({why}) -> "
                   f"{dest}; use them with --model_tag={tag}", flush=True)
@@ -699,7 +699,7 @@ def resolve_resume_step(ckpt_dir: str, requested):
     """The step to resume from for `--resume_from_step`: None (fresh start) or a valid step number.
 
     `latest` picks the newest valid step (None when there is none yet); a number must be a valid step, otherwise
-    UsageError naming the valid ones.
+    UsageError naming the valid ones. Lineage-blind: training stages use `plan_resume`, which honours run ids.
     """
     if requested is None or requested == "" or str(requested) == "-1":
         return None
