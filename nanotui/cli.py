@@ -43,12 +43,6 @@ def _grace_arg(value: str | None):
         raise UsageError(str(e)) from None
 
 
-def _launch(rd: RunDir, extra: list[str] = (), wait_s: float = 15.0) -> int:
-    """Start a detached supervisor and wait until its stage started (or it failed); returns its pid."""
-    from nanotui.runtime.launch import launch
-    return launch(rd, list(extra), wait_s=wait_s)
-
-
 def _fmt_step(s: dict) -> str:
     if s.get("step") is None:
         return "-"

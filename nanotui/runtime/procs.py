@@ -164,3 +164,23 @@ def stop_tree(pgid: int, snapshot=(), timeout: float = 60.0, poll: float = 0.1) 
         if not group_alive(pgid) and not alive_of(snap):
             return "killed"
     return "survived"
+
+
+def finish_tree(pgid: int, snapshot, timeout: float, signalled: bool, poll: float = 0.1) -> list[int]:
+    """After a stage's wrapper ended, its leftovers (`snapshot` members still running, and the group): SIGTERM
+    unless they were `signalled` already (a second SIGTERM is what kills a checkpoint in progress), up to
+    `timeout` s to exit, then SIGKILL until none is left. Returns the pids that survived even SIGKILL."""
+    left = alive_of(snapshot)
+    if not signalled:
+        signal_group(pgid, signal.SIGTERM)
+        kill_snapshot(left, signal.SIGTERM)
+    deadline = time.monotonic() + max(0.0, timeout)
+    while (alive_of(left) or group_alive(pgid)) and time.monotonic() < deadline:
+        time.sleep(poll)
+    for _ in range(50):
+        if not alive_of(left) and not group_alive(pgid):
+            return []
+        signal_group(pgid, signal.SIGKILL)
+        kill_snapshot(left)
+        time.sleep(poll)
+    return [p for p, _ in alive_of(left)]

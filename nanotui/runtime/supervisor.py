@@ -12,7 +12,6 @@ Run as `python -m nanotui.runtime.supervisor RUN_DIR [--resume [--step S] [--dev
 from __future__ import annotations
 
 import argparse
-import errno
 import fcntl
 import json
 import math
@@ -30,20 +29,19 @@ from nanotui.core import oom as policy
 from nanotui.core.argvflags import flag_value
 from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step
 from nanotui.core.logparse import LogParser
-from nanotui.core.runstate import (DISK_FULL, EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest,
-                                   PendingOomRecord, RestartRequest, RunState, StopRequest, make_event)
+from nanotui.core.runstate import (EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest, PendingOomRecord,
+                                   RestartRequest, RunState, StopRequest)
 from nanotui.runtime import probes, procs
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
-from nanotui.runtime.rundir import RunDir, shown, write_all
+from nanotui.runtime.recorder import Recorder
+from nanotui.runtime.rundir import RunDir, shown
 from nanotui.runtime.tail import LogTailer
 
 DEFAULT_STOP_TIMEOUT = 120.0  # seconds between SIGTERM and SIGKILL (a d20 checkpoint takes a while)
 POLL = 0.2
 SIGNAL_SETTLE_S = 2.0   # after our own SIGTERM/SIGHUP: how long to look for the stage having got one too
 OOM_TAIL_LINES = 40     # an OOM decides the attempt's fate only when its signature is among its last lines
-RESERVE_NAME, RESERVE_BYTES = ".disk_reserve", 16 * 1024
-DISK_RECHECK_S = 5.0    # while the disk is full: how often to try to take the reserve back
 TREE_EVERY_S = 1.0      # how often the stage's process tree is re-read (and saved for a later re-adoption)
 
 
@@ -96,10 +94,6 @@ def _int_or_none(v):
         return None
 
 
-def _is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
 class Supervisor:
     def __init__(self, rd: RunDir, *, resume: bool = False, resume_step=None, resume_device_bs=None,
                  gpu_backend=None):
@@ -123,83 +117,18 @@ class Supervisor:
         self.server: ControlServer | None = None
         self.gpu = gpu_backend
         self._gpu_stop = threading.Event()
-        self._last_state_write = 0.0
-        self._disk_full_where: str | None = None
-        self._disk_checked = 0.0
-        self._lost_events = 0
+        self.recorder = Recorder(rd, self.state, self.lock, self._broadcast)
 
-    # ---- state and events (a full disk is reported, never fatal) -----------------------------------
-    # A small reserve file in the run dir is given up when the disk fills, so that state.json can still say so.
-    def _make_reserve(self) -> bool:
-        path = self.rd.path / RESERVE_NAME
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                write_all(fd, b"\0" * RESERVE_BYTES)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            return True
-        except OSError:
-            try:
-                path.unlink()
-            except OSError:
-                pass
-            return False
-
-    def _release_reserve(self) -> None:
-        try:
-            (self.rd.path / RESERVE_NAME).unlink()
-        except OSError:
-            pass
-
-    def _disk_trouble(self, where: str, e: OSError) -> None:
-        if self._disk_full_where is not None:
-            return
-        self._disk_full_where = where
-        self._disk_checked = time.monotonic()
-        what = DISK_FULL if _is_disk_full(e) else "write error"
-        self.state.problem = f"{what}: cannot write {where} ({e.strerror or e}); the stage goes on, free some space"
-        print(f"warning: {self.state.problem}", file=sys.stderr, flush=True)
+    # ---- state and events (through the Recorder: a full disk is reported, never fatal) ----------------
+    def _broadcast(self, msg: dict) -> None:
         if self.server:
-            self.server.broadcast({"notify": "disk_full", "message": f"run {self.rd.run_id}: {self.state.problem}"})
-        self._release_reserve()
-        self.event("disk_full", where=where, error=str(e), message=self.state.problem)
-        self.save_state()
-
-    def _disk_ok(self) -> None:
-        where, self._disk_full_where = self._disk_full_where, None
-        self.state.problem = None
-        self.event("disk_ok", where=where, message=f"disk space is back ({self._lost_events} event(s) were lost)")
-        self.save_state()
+            self.server.broadcast(msg)
 
     def save_state(self, force: bool = True) -> None:
-        now = time.time()
-        if not force and now - self._last_state_write < 0.5:
-            return
-        self._last_state_write = now
-        with self.lock:
-            try:
-                self.rd.write_state(self.state)
-            except OSError as e:
-                self._disk_trouble("state.json", e)
-                return
-        if self._disk_full_where is not None and time.monotonic() - self._disk_checked > DISK_RECHECK_S:
-            self._disk_checked = time.monotonic()
-            if self._make_reserve():
-                self._disk_ok()
+        self.recorder.save(force)
 
     def event(self, type: str, notify: str | None = None, message: str | None = None, **fields) -> dict:
-        make_event(type, **fields)  # one vocabulary: an unknown kind or field is a bug, caught by the tests
-        try:
-            ev = self.rd.append_event(type, **({"message": message} if message else {}), **fields)
-        except OSError as e:
-            self._lost_events += 1
-            ev = {"t": round(time.time(), 3), "type": type, **fields}
-            self._disk_trouble("events.jsonl", e)
-        if notify and self.server:
-            self.server.broadcast({"notify": notify, "message": message or type, "event": ev})
-        return ev
+        return self.recorder.event(type, notify, message, **fields)
 
     def set_phase(self, phase: str, reason: str | None = None) -> None:
         self.state.phase = phase
@@ -502,21 +431,8 @@ class Supervisor:
             return
         self.event("escaped", stage=name, pids=[p for p, _ in left],
                    message=f"{name}: {len(left)} process(es) of the stage outlived it; stopping them")
-        if term_sent_at is None:  # (after a stop they already got their one SIGTERM: only SIGKILL escalates)
-            procs.signal_group(pid, signal.SIGTERM)
-            procs.kill_snapshot(left, signal.SIGTERM)
-        limit = self.stop_timeout if term_sent_at is None else max(0.0, self.stop_timeout -
-                                                                  (time.monotonic() - term_sent_at))
-        deadline = time.monotonic() + limit
-        while (procs.alive_of(left) or procs.group_alive(pid)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for _ in range(50):
-            if not procs.alive_of(left) and not procs.group_alive(pid):
-                return
-            procs.signal_group(pid, signal.SIGKILL)
-            procs.kill_snapshot(left)
-            time.sleep(0.1)
-        still = [p for p, _ in procs.alive_of(left)]
+        limit = self.stop_timeout if term_sent_at is None else self.stop_timeout - (time.monotonic() - term_sent_at)
+        still = procs.finish_tree(pid, left, limit, signalled=term_sent_at is not None)
         if still:
             self.event("escaped", stage=name, pids=still,
                        message=f"{name}: processes {still} survive SIGKILL (stuck in the kernel?)")
@@ -538,7 +454,7 @@ class Supervisor:
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
         self.state.supervisor_pid = os.getpid()
-        self._make_reserve()
+        self.recorder.make_reserve()
         if self.state.grace is None:
             self.state.grace = self.oom_state.grace
         self.server = ControlServer(self.rd.socket_path, self.handle).start()
