@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from nanotui.core.logparse import clean_line
 from nanotui.core.notify import sanitize_message
+from nanotui.core.runstate import LIVE_PHASES, PHASES, RunState, StateError  # noqa: F401  (PHASES re-exported)
 
 RUNS_SUBDIR = "runs"
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_.-]+$")
