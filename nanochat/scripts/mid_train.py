@@ -5,7 +5,6 @@ import os
 import time
 from dataclasses import asdict
 
-
 from nanochat.checkpoint import STAGE_DIRS, find_largest_model, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
 from nanochat.loss_eval import evaluate_bpb_budget
@@ -23,8 +22,9 @@ EPOCH_SAMPLE = 512
 
 def build_parser():
     p = FlagParser(prog="python -m nanochat.scripts.mid_train", description=__doc__)
+    # upstream's midtraining clips no gradient (--grad_clip=1.0 opts in to base training's clipping)
     add_training_flags(p, device_batch_size=32, max_seq_len=2048, total_batch_size=524288, num_iterations=-1,
-                       eval_every=None, eval_tokens=None, save_every=500)
+                       eval_every=None, eval_tokens=None, save_every=500, grad_clip=0.0)
     p.add_argument("--demo", action="store_true", help="offline synthetic mixture (no download)")
     p.add_argument("--source_step", type=positive_int, default=None, help="base checkpoint step (default: newest)")
     p.add_argument("--unembedding_lr", type=float_flag, default=0.004)
@@ -32,6 +32,9 @@ def build_parser():
     p.add_argument("--matrix_lr", type=float_flag, default=0.02)
     p.add_argument("--weight_decay", type=float_flag, default=0.0)
     p.add_argument("--init_lr_frac", type=float_flag, default=1.0, help="initial LR as a fraction of the base LR")
+    p.add_argument("--identity_file", default=None,
+                   help="identity conversations JSONL (default: $NANOCHAT_IDENTITY_FILE or "
+                        "$NANOCHAT_BASE_DIR/identity_conversations.jsonl)")
     return p
 
 
@@ -65,7 +68,8 @@ def main(argv=None):
     print0(f"Loaded base model {model_tag} step {base_meta.get('step')}")
     print0(f"Vocab size: {tokenizer.get_vocab_size():,}")
     print0(f"Number of parameters: {model.num_params():,}")
-    train_set, val_set = mid_mixture("train", args.demo), mid_mixture("test", args.demo)
+    train_set = mid_mixture("train", args.demo, identity_file=args.identity_file)
+    val_set = mid_mixture("test", args.demo)
     print0(f"Midtraining mixture: {len(train_set):,} conversations (validation {len(val_set):,})")
     optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                         matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
@@ -100,7 +104,7 @@ def main(argv=None):
         lr_multiplier=lambda it: get_lr_multiplier(it, num_iterations, warmdown_ratio=0.2),
         flops_per_token=model.estimate_flops(), evaluators=[evaluate],
         meta={"model_config": asdict(model.config), "source": {"stage": "base", "step": base_meta.get("step")}},
-        user_config=vars(args), log_style="base")
+        user_config=vars(args))
     rc = trainer.run()
     if rc == EXIT_OK:
         get_report().log("Midtraining", [vars(args), {

@@ -34,7 +34,7 @@ def test_sft_fully_masked_first_micro_batch_has_no_nan(base_dir, monkeypatch, ca
     from nanochat.scripts import chat_sft
     masked = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
     normal = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]}
-    monkeypatch.setattr(chat_sft, "sft_mixture", lambda split, demo: [masked, normal, masked, normal])
+    monkeypatch.setattr(chat_sft, "sft_mixture", lambda split, demo, **kw: [masked, normal, masked, normal])
     rc = chat_sft.main(["--model_tag=demo", "--source=base", "--device_batch_size=1", "--target_examples_per_step=2",
                         "--max_seq_len=32", "--num_iterations=2", "--save_every=-1", "--eval_every=-1",
                         "--device_type=cpu"])
@@ -42,17 +42,6 @@ def test_sft_fully_masked_first_micro_batch_has_no_nan(base_dir, monkeypatch, ca
     assert rc == 0
     losses = re.findall(r"Training loss: ([^|]+)\|", out)
     assert len(losses) == 2 and all(float(v) == float(v) and float(v) > 0 for v in losses), out
-
-
-def test_sft_masked_loss_normalises_per_step():
-    from nanochat.scripts.chat_sft import masked_sum_loss
-
-    class Loader:
-        step_valid_targets = 5
-    calls = []
-    fn = masked_sum_loss(lambda x, y, loss_reduction: calls.append(loss_reduction) or torch.tensor(10.0),
-                         lambda: Loader, accum=2, world_size=1)
-    assert fn(None, None).item() == pytest.approx(10.0 * 2 / 5) and calls == ["sum"]
 
 
 def test_sft_device_batch_must_divide(base_dir):
@@ -65,7 +54,14 @@ def test_sft_device_batch_must_divide(base_dir):
 def test_offline_real_data_is_one_line_exit_2(base_dir):
     make_base_checkpoint(base_dir)
     env = {"NANOCHAT_HF_ENDPOINT": "http://127.0.0.1:9"}
+    # no identity conversations downloaded yet: said first, before any dataset download is tried
     out = run_stage("nanochat.scripts.mid_train", "--model_tag=demo", "--device_type=cpu", env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no identity conversations at") and "nanochat.dataset --identity" in last
+    from nanochat.tasks.identity import BUNDLED_IDENTITY_FILE
+    out = run_stage("nanochat.scripts.mid_train", "--model_tag=demo", "--device_type=cpu",
+                    f"--identity_file={BUNDLED_IDENTITY_FILE}", env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot download") and "--demo" in last

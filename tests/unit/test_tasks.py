@@ -170,7 +170,7 @@ def test_demo_tasks_are_self_consistent():
 
 
 def test_demo_mixture_and_identity(base_dir):
-    identity = IdentityConversations()
+    identity = IdentityConversations(demo=True)  # the bundled set: the offline demo's only
     assert len(identity) >= 20
     for conv in identity:
         roles = [m["role"] for m in conv["messages"]]
@@ -210,12 +210,13 @@ def test_sft_loader_masks_pads_and_counts_step_targets():
     from nanochat.tasks.batching import SFTLoader, check_sft_batch
     data = [{"i": i} for i in range(6)]
     loader = SFTLoader(CountingTokenizer(), data, 2, 2, "cpu", max_seq_len=64)
-    x, y = loader.next_batch()
+    x, y, w = loader.next_batch()
     assert x.shape == (2, 2) and y.tolist() == [[1, -1], [1, -1]]  # conv 0: 2 tokens (one target); conv 1: 3 tokens
-    # the step's two micro-batches hold 2 + 4 assistant targets (conversations 2 and 3 have two each)
-    assert loader.step_valid_targets == 6 and loader.state_dict() == {"example": 2}
-    x2, y2 = loader.next_batch()
+    # each micro-batch (group of 2) weighs 1/2 of the step: 2 targets here, 4 in the next (convs 2 and 3 have two)
+    assert w.tolist() == pytest.approx([1 / (2 * 2)] * 2) and loader.state_dict() == {"example": 2, "group": 2}
+    x2, y2, w2 = loader.next_batch()
     assert x2[0].tolist() == [1002, 1, 2, 0] and y2[0].tolist() == [1, -1, 3, -1]  # padded with the pad id
+    assert w2.tolist() == pytest.approx([1 / (4 * 2)] * 2)
     resumed = SFTLoader(CountingTokenizer(), data, 1, 4, "cpu", max_seq_len=64, state={"example": 2})
     assert resumed.next_batch()[0][0].tolist() == [1002, 1, 2]
     assert check_sft_batch(32, 4) == 8
