@@ -110,3 +110,26 @@ def test_exact_resume_after_sigkill_and_oom(stage, base_dir, tmp_path, monkeypat
     for name in a:
         diff = (a[name].float() - b[name].float()).norm() / (a[name].float().norm() + 1e-12)
         assert diff < 1e-3, (name, diff.item())
+
+
+@pytest.mark.parametrize("stage", ["mid", "sft"])
+def test_mid_and_sft_train_without_clipping_and_sft_momentum_stays_095(stage, base_dir, monkeypatch):
+    """Upstream's mid_train and chat_sft clip no gradient; its SFT keeps Muon's momentum at 0.95 from step 0."""
+    from nanochat.checkpoint import load_checkpoint
+    from nanochat.scripts import chat_sft, mid_train
+    make_base_checkpoint(base_dir)
+    clips = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clips.append(a))
+    monkeypatch.setenv("NANOCHAT_NS_DTYPE", "float32")
+    args = (MID if stage == "mid" else SFT)[1:] + ["--num_iterations=2", "--save_every=-1"]
+    main = mid_train.main if stage == "mid" else chat_sft.main
+    assert main(args) == 0
+    assert clips == []
+    ckpt = base_dir / ("mid_checkpoints" if stage == "mid" else "chatsft_checkpoints") / "demo"
+    _, optim_states, _ = load_checkpoint(str(ckpt), 2, "cpu")
+    momenta = [g["momentum"] for s in optim_states for g in s["param_groups"] if "momentum" in g]
+    # mid warms momentum up over 300 steps like base training (0.85 at step 0, 0.85 + 0.1/300 at step 1)
+    assert momenta and momenta == pytest.approx([0.95 if stage == "sft" else 0.85 + 0.1 / 300] * len(momenta))
+    if stage == "sft":
+        assert main(args + ["--grad_clip=1.0", "--muon_momentum_warmup", "--model_tag=demo",
+                            "--resume_from_step=-1"]) == 0 and clips  # ours, opt-in
