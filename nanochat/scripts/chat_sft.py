@@ -60,10 +60,12 @@ class SFTStepHook(StepHook):
             token_loss = trainer.forward_model(x, y, loss_reduction="none")  # 0 where the target is ignored
         return (token_loss.view_as(y).sum(1) * row_weight).sum()
 
-    def batch_lines(self, trainer):
-        return [f"Device batch size: {trainer.B} conversations (loss groups of {trainer.loader.group_size})",
-                f"Target examples per step: {trainer.total_batch_size} => gradient accumulation steps: "
-                f"{trainer.grad_accum_steps}"]
+    def batch_lines(self, trainer):  # upstream's lines (the dashboard reads them), then the loss groups
+        return [f"Target examples per step: {trainer.total_batch_size}", f"Device batch size: {trainer.B}",
+                f"Examples per step is device_batch_size * ddp_world_size: {trainer.B * trainer.world_size}",
+                f"=> Setting grad accum steps: {trainer.grad_accum_steps}",
+                f"Loss weighting: micro-batches of {trainer.loader.group_size} conversations weigh the same "
+                f"(the device batch size this run started with)"]
 
     def step_line(self, trainer, step, m):
         return (f"Step {step:05d}/{trainer.num_iterations:05d} | Training loss: {m['train_loss']:.6f}| "

@@ -40,6 +40,8 @@ def test_sft_fully_masked_first_micro_batch_has_no_nan(base_dir, monkeypatch, ca
                         "--device_type=cpu"])
     out = capsys.readouterr().out
     assert rc == 0
+    # upstream's batch lines (the dashboard reads the device batch and examples per step from them)
+    assert "Target examples per step: 2\nDevice batch size: 1\n" in out and "=> Setting grad accum steps: 2" in out
     losses = re.findall(r"Training loss: ([^|]+)\|", out)
     assert len(losses) == 2 and all(float(v) == float(v) and float(v) > 0 for v in losses), out
 
