@@ -21,7 +21,6 @@ import pickle
 import re
 import subprocess
 import sys
-import textwrap
 from dataclasses import asdict
 from pathlib import Path
 

@@ -9,11 +9,11 @@ import torch
 
 from nanochat.checkpoint import STAGE_DIRS, find_largest_model, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
+from nanochat.optim import get_muon_momentum
 from nanochat.report import get_report
 from nanochat.scripts.mid_train import scale_initial_lr
 from nanochat.tasks.batching import SFTLoader, check_sft_batch
 from nanochat.tasks.mixtures import sft_mixture
-from nanochat.optim import get_muon_momentum
 from nanochat.trainer import (EXIT_OK, FlagParser, StepHook, Trainer, add_training_flags, exit_3_on_startup_oom,
                               float_flag, positive_int)
 
