@@ -66,7 +66,9 @@ DEVICE_BS=${DEVICE_BS:-4}
 SFT_BS=${SFT_BS:-2}
 SEQ_LEN=${SEQ_LEN:-1024}
 stage "$PY" -m nanochat.report reset
-stage "$PY" -m nanochat.dataset -n 8                     # enough shards for the tokenizer
+# enough shards for the tokenizer, and upstream's 1,000 identity conversations (2.3 MB) for mid and SFT
+# (NANOCHAT_IDENTITY_FILE=your.jsonl to use your own)
+stage "$PY" -m nanochat.dataset -n 8 --identity
 "$PY" -m nanochat.dataset -n 240 > "$NANOCHAT_BASE_DIR/dataset_download.log" 2>&1 &   # the rest, in the background
 DATASET_PID=$!
 stage "$PY" -m nanochat.scripts.tok_train --max_chars=2000000000

@@ -259,3 +259,14 @@ def compute_mfu(flops_per_token, tokens_per_sec, peak_flops, world_size=1):
 def format_mfu(value) -> str:
     """`45.67` for a percentage, `n/a` for None (the log field after `mfu: `)."""
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def eval_autocast(device):
+    """bf16 autocast on CUDA (upstream evaluates, samples and chats in it), a no-op context elsewhere."""
+    import contextlib
+
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

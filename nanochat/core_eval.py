@@ -84,6 +84,16 @@ def load_core_tasks(bundle_dir: str) -> list[dict]:
     return tasks
 
 
+CORE_SHUFFLE_SEED = 1337
+
+
+def core_order(data: list, max_per_task: int | None = None) -> list:
+    """A task's examples as upstream evaluates them: shuffled with random.Random(1337), then the first max_per_task."""
+    data = list(data)
+    random.Random(CORE_SHUFFLE_SEED).shuffle(data)
+    return data if max_per_task is None or max_per_task <= 0 else data[:max_per_task]
+
+
 def centred(accuracy: float, random_baseline_pct: float) -> float:
     b = 0.01 * random_baseline_pct
     return (accuracy - b) / (1.0 - b)
@@ -104,8 +114,11 @@ def _prompts(task, data, idx):
         ctx = "".join(f"{s['context_options'][s['gold']]}{delim}{s['continuation']}\n\n" for s in shots)
         return [ctx + f"{opt}{delim}{ex['continuation']}" for opt in ex["context_options"]], ex["gold"]
     if kind == "language_modeling":
-        ctx = "".join(f"{s['context']}{delim}{s['continuation']}\n\n" for s in shots)
-        return [ctx + f"{ex['context']}{delim}".rstrip(), ctx + f"{ex['context']}{delim}{ex['continuation']}"], None
+        # contexts are trimmed (some carry stray whitespace); the prompt without the continuation is stripped, so a
+        # delimiter space is not left dangling: it belongs to the continuation's first token in the full prompt
+        ctx = "".join(f"{s['context'].strip()}{delim}{s['continuation']}\n\n" for s in shots)
+        without = (ctx + f"{ex['context'].strip()}{delim}").strip()
+        return [without, ctx + f"{ex['context'].strip()}{delim}{ex['continuation']}"], None
     raise ValueError(f"unknown CORE task type {kind!r}")
 
 
@@ -134,7 +147,7 @@ def _losses_and_preds(model, rows, device):
     return losses, logits.argmax(-1)
 
 
-def evaluate_example(model, tokenizer, task, idx, device, max_seq_len) -> bool:
+def evaluate_example(model, tokenizer, task, idx, device, max_seq_len=None) -> bool:
     texts, gold = _prompts(task, task["data"], idx)
     bos = tokenizer.get_bos_token_id()
     rows = [tokenizer.encode(t, prepend=bos) for t in texts]
@@ -151,12 +164,12 @@ def evaluate_example(model, tokenizer, task, idx, device, max_seq_len) -> bool:
     else:
         s = _common_suffix(rows)
         spans = [(len(r) - s, len(r)) for r in rows]
-    # crop from the left to the model's context, keeping the scored tokens
-    cropped = []
-    for r, (a, b) in zip(rows, spans):
-        cut = max(0, len(r) - max_seq_len)
-        cropped.append((r[cut:], (max(1, a - cut), b - cut)))
-    rows, spans = [c[0] for c in cropped], [c[1] for c in cropped]
+    if max_seq_len is not None:  # only a model with a hard maximum length (our GPT's rotary table reaches 10x)
+        cropped = []
+        for r, (a, b) in zip(rows, spans):
+            cut = max(0, len(r) - max_seq_len)  # keep the last max_seq_len tokens, the scored ones among them
+            cropped.append((r[cut:], (max(1, a - cut), b - cut)))
+        rows, spans = [c[0] for c in cropped], [c[1] for c in cropped]
     losses, preds = _losses_and_preds(model, rows, device)
     if kind == "language_modeling":
         a, b = spans[0]
@@ -167,12 +180,16 @@ def evaluate_example(model, tokenizer, task, idx, device, max_seq_len) -> bool:
 
 def evaluate_core(model, tokenizer, device, bundle_dir, max_per_task=None, max_seq_len=None, rank=0,
                   world_size=1, log=print) -> dict:
-    """{"results": {label: accuracy}, "centered": {label: centred accuracy}, "CORE": mean centred}."""
+    """{"results": {label: accuracy}, "centered": {label: centred accuracy}, "CORE": mean centred}.
+
+    As upstream: each task's examples are shuffled with random.Random(1337) before `max_per_task` keeps the first
+    ones, and few-shot examples are drawn from that kept list; prompts are cropped (from the left) only when
+    `max_seq_len` is given, for a model that cannot read longer sequences."""
     import torch.distributed as dist
-    max_seq_len = max_seq_len or model.config.sequence_len
     results, centered = {}, {}
     for task in load_core_tasks(bundle_dir):
-        n = len(task["data"]) if max_per_task is None else min(len(task["data"]), max_per_task)
+        task = dict(task, data=core_order(task["data"], max_per_task))
+        n = len(task["data"])
         correct = sum(evaluate_example(model, tokenizer, task, i, device, max_seq_len)
                       for i in range(rank, n, world_size))
         counts = torch.tensor([correct, len(range(rank, n, world_size))], dtype=torch.long, device=device)

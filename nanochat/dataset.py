@@ -5,6 +5,7 @@ Both produce `$NANOCHAT_BASE_DIR/base_data/shard_{i:05d}.parquet` files with one
 
     python -m nanochat.dataset -n 8 [-w 4] [--base-url URL]   # train shards 0..7 + the validation shard 1822
     python -m nanochat.dataset --demo [--force] [--max-mb MB] # offline corpus from local Python docstrings
+    python -m nanochat.dataset --identity                     # upstream's identity conversations (mid/SFT data)
 """
 import ast
 import functools
@@ -24,6 +25,9 @@ from nanochat.common import ArgumentParser, UsageError, get_base_dir, run_main
 
 # FineWeb-EDU 100B tokens, pre-shuffled, as published by Karpathy for nanochat.
 DEFAULT_BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+# upstream's 1,000 synthetic identity conversations (2.3 MB), mixed into midtraining (twice) and SFT
+IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
+IDENTITY_URL_ENV = "NANOCHAT_IDENTITY_URL"
 NUM_SHARDS = 1823                  # shard_00000 .. shard_01822
 VAL_SHARD_INDEX = NUM_SHARDS - 1   # pinned validation shard, for FineWeb-EDU and the demo corpus alike
 ROW_GROUP_SIZE = 1024              # documents per parquet row group
@@ -231,6 +235,69 @@ def download_shards(indices, data_dir: str, base_url: str, workers: int = 4, att
         print(f"FAILED: {len(failures)} of {total} shards could not be downloaded: {names}; rerun the same command "
               f"to retry (complete shards are kept)", file=sys.stderr, flush=True)
     return len(failures)
+
+
+def _valid_identity_file(path: str) -> int:
+    """Number of conversations in a complete identity JSONL file; ValueError naming the first bad line."""
+    from nanochat.tasks.identity import parse_conversation
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    parse_conversation(line)
+                except ValueError as exc:
+                    raise ValueError(f"line {lineno}: {exc}") from None
+                n += 1
+    if n == 0:
+        raise ValueError("no conversation in it")
+    return n
+
+
+def download_identity(dest: str, url: str, attempts: int = 5, backoff: float = 2.0, timeout: float = 60.0,
+                      log=print) -> int:
+    """Download the identity conversations JSONL to dest (atomically, every line checked) unless a valid copy is
+    there. Retries like the shards; raises DownloadFailure with a one-line reason. Returns the conversation count."""
+    import requests
+
+    if os.path.exists(dest):
+        try:
+            return _valid_identity_file(dest)
+        except (ValueError, UnicodeDecodeError):
+            pass  # an incomplete or foreign file: fetch it again
+    last_reason = "no attempt made"
+    for attempt in range(1, attempts + 1):
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as response:
+                if response.status_code != 200:
+                    reason = f"HTTP {response.status_code} {response.reason or ''}".strip()
+                    if response.status_code in (408, 429) or response.status_code >= 500:
+                        raise IOError(reason)
+                    raise DownloadFailure(f"identity conversations: {reason} from {url} (set {IDENTITY_URL_ENV} "
+                                          f"to another address, or NANOCHAT_IDENTITY_FILE to your own file)")
+                with open(tmp, "wb") as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+            try:
+                n = _valid_identity_file(tmp)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise IOError(f"the file received is not identity conversations JSONL ({exc})")
+            os.replace(tmp, dest)
+            return n
+        except DownloadFailure:
+            raise
+        except (IOError, requests.RequestException) as exc:
+            last_reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        if attempt < attempts:
+            delay = backoff * (2 ** (attempt - 1))
+            log(f"retry identity conversations: attempt {attempt}/{attempts} failed ({last_reason}); "
+                f"retrying in {delay:.1f}s")
+            time.sleep(delay)
+    raise DownloadFailure(f"identity conversations: gave up after {attempts} attempts; last error: {last_reason}")
 
 
 # ===================================================================================================================
@@ -502,6 +569,9 @@ def main(argv=None):
                         help="where shards are fetched from (default: $NANOCHAT_DATA_URL or the FineWeb-EDU repo)")
     parser.add_argument("--attempts", type=int, default=5, help="tries per shard before giving up")
     parser.add_argument("--demo", action="store_true", help="build the offline demo corpus instead of downloading")
+    parser.add_argument("--identity", action="store_true",
+                        help=f"download upstream's identity conversations to $NANOCHAT_BASE_DIR (URL: "
+                             f"${IDENTITY_URL_ENV} or upstream's); alone or with -n")
     parser.add_argument("--force", action="store_true", help="with --demo: rebuild even if already built")
     parser.add_argument("--max-mb", "--max_mb", type=float, default=None,
                         help=f"with --demo: cap on corpus text in MB (default $NANOCHAT_DEMO_MAX_MB or {DEFAULT_DEMO_MAX_MB:g})")
@@ -522,6 +592,12 @@ def main(argv=None):
               f"{shard_name(VAL_SHARD_INDEX)} in {data_dir}", flush=True)
         return 0
 
+    if args.identity:
+        if args.demo:
+            raise UsageError("use either --demo (offline, bundled identity set) or --identity, not both")
+        rc = _download_identity_cli(args)
+        if rc or args.num_files is None:
+            return rc
     if args.num_files is None:
         raise UsageError("say how many shards to download with -n N (e.g. -n 8), or build the offline corpus with --demo")
     n = args.num_files
@@ -544,6 +620,25 @@ def main(argv=None):
     failed = download_shards(indices, data_dir, base_url, workers=args.num_workers, attempts=args.attempts,
                              backoff=backoff, timeout=timeout)
     return 1 if failed else 0
+
+
+def _download_identity_cli(args) -> int:
+    from nanochat.tasks.identity import downloaded_identity_file
+    if args.attempts < 1:
+        raise UsageError(f"--attempts must be at least 1, got {args.attempts}")
+    url = os.environ.get(IDENTITY_URL_ENV) or IDENTITY_URL
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"{IDENTITY_URL_ENV} must start with http:// or https://, got {url!r}")
+    dest = downloaded_identity_file()
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    try:
+        n = download_identity(dest, url, attempts=args.attempts, backoff=_env_float("NANOCHAT_DOWNLOAD_BACKOFF", 2.0),
+                              timeout=_env_float("NANOCHAT_DOWNLOAD_TIMEOUT", 60.0))
+    except DownloadFailure as exc:
+        print(f"FAILED {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"Identity conversations: {n:,} in {dest}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ class GPTConfig:
 
 
 def config_for_depth(depth: int, vocab_size: int = 65536, sequence_len: int = 1024) -> GPTConfig:
-    """The depth-sized model of nanochat: width 64·depth, heads of 128 (at least one head), n_kv_head = n_head."""
+    """The depth-sized model of nanochat: width 64·depth, ceil(width/128) heads (head size 128 when it divides),
+    n_kv_head = n_head. A width that the head count does not divide (d5: 320 / 3) is a ValueError, as upstream."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
     dim = DIM_PER_LAYER * depth
-    n_head = max(1, dim // HEAD_DIM)
+    n_head = max(1, -(-dim // HEAD_DIM))  # ceiling division, as upstream: d3 = 2 heads of 96, d7 = 4 heads of 112
     if dim % n_head != 0:
         raise ValueError(f"model dim {dim} (depth {depth}) is not divisible into {n_head} heads")
     return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth,

@@ -414,6 +414,41 @@ def _all_gather_json(obj, world_size):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# what a stage contributes to a step
+
+class StepHook:
+    """A stage's part in each optimizer step: the loss every micro-batch backpropagates and the step's log line.
+
+    This default is pretraining's (and midtraining's): a batch is (x, y); each micro-batch backpropagates its mean
+    token loss divided by the accumulation steps; the line is `step S/N (p%) | loss: ... | ... | total time: ...`.
+    A stage with other needs (SFT) passes its own subclass to `Trainer(hook=...)`.
+    """
+    count_targets = False  # True: the trainer counts the targets >= 0 of each step (all ranks) as `num_tokens`
+
+    def micro_loss(self, trainer, batch):
+        """The loss to backpropagate for one micro-batch; over the step's micro-batches these sum to the step loss."""
+        x, y = batch
+        with trainer.autocast():
+            loss = trainer.forward_model(x, y)
+        return loss / trainer.grad_accum_steps
+
+    def batch_lines(self, trainer):
+        per_rank = trainer.B * trainer.T
+        return [f"Tokens / micro-batch / rank: {trainer.B} x {trainer.T} = {per_rank:,}",
+                f"Tokens / micro-batch: {per_rank * trainer.world_size:,}",
+                f"Total batch size {trainer.total_batch_size:,} => gradient accumulation steps: "
+                f"{trainer.grad_accum_steps}"]
+
+    def step_line(self, trainer, step, m) -> str:
+        """m: train_loss (this step), debiased (EMA), lrm, dt, tok_per_sec, mfu, num_tokens, total_time (s)."""
+        n = trainer.num_iterations
+        pct = 100 * step / n if n else 100.0
+        return (f"step {step:05d}/{n:05d} ({pct:.2f}%) | loss: {m['debiased']:.6f} | lrm: {m['lrm']:.2f} | "
+                f"dt: {m['dt'] * 1000:.2f}ms | tok/sec: {m['tok_per_sec']:,} | mfu: {format_mfu(m['mfu'])} | "
+                f"total time: {m['total_time'] / 60:.2f}m")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # the trainer
 
 class Trainer:
@@ -425,8 +460,8 @@ class Trainer:
 
     def __init__(self, *, args, stage, model_tag, model, optimizers, device, make_train_loader, num_iterations,
                  lr_multiplier, muon_momentum=get_muon_momentum, flops_per_token=None, meta=None,
-                 user_config=None, evaluators=(), log_style="base", compile_model=None, wandb_project="nanochat",
-                 grad_accum_steps=None, on_step=None, save_checkpoints=True):
+                 user_config=None, evaluators=(), hook=None, compile_model=None, wandb_project="nanochat",
+                 grad_accum_steps=None, on_step=None, save_checkpoints=True, total_batch_size=None):
         self.args = args
         self.stage = stage
         self.model_tag = model_tag
@@ -441,12 +476,10 @@ class Trainer:
         self.meta_extra = dict(meta or {})
         self.user_config = dict(user_config or vars(args))
         self.evaluators = list(evaluators)
-        self.log_style = log_style
+        self.hook = hook if hook is not None else StepHook()
         self.wandb_project = wandb_project
         self.on_step = on_step                    # fn(trainer, step, metrics dict) after each step's log line
         self.save_checkpoints = save_checkpoints  # False only for benchmarks: nothing is written
-        if log_style not in ("base", "sft"):
-            raise ValueError(f"log_style must be 'base' or 'sft', got {log_style!r}")
         if self.num_iterations < 0:
             raise UsageError(f"number of iterations must be >= 0, got {self.num_iterations}")
 
@@ -457,7 +490,8 @@ class Trainer:
         self.lanes = getattr(args, "data_lanes", 1) or 1
         if self.lanes > 1 and self.ddp:
             raise UsageError("--data_lanes is for a single process; under torchrun the ranks are the lanes")
-        self.total_batch_size = args.total_batch_size
+        # per optimizer step, all ranks: tokens (base, mid) or whatever unit the stage counts in (SFT: conversations)
+        self.total_batch_size = args.total_batch_size if total_batch_size is None else total_batch_size
         if grad_accum_steps is None:
             # with W data lanes one process runs the micro-batches of all W virtual ranks in turn: the same batch
             # math as a single rank, the same tokens and gradient as a W-rank run
@@ -731,16 +765,15 @@ class Trainer:
                 if not self.ddp and self.stop_requested():
                     stop = True
                     break
-                x, y = self._next_batch()
-                self.fault.check(x.size(0), step)
-                with self.autocast():
-                    loss = self.forward_model(x, y)
+                batch = self._next_batch()
+                self.fault.check(batch[0].size(0), step)
+                loss = self.hook.micro_loss(self, batch)
                 loss_sum += loss.detach().float()
-                tokens += x.numel()
-                if self.log_style == "sft":
-                    target_tokens += (y >= 0).sum()
-                (loss / accum).backward()
-                del loss
+                tokens += batch[0].numel()
+                if self.hook.count_targets:
+                    target_tokens += (batch[1] >= 0).sum()
+                loss.backward()
+                del loss, batch
         except Exception as exc:
             if not is_oom_error(exc):
                 raise
@@ -757,7 +790,7 @@ class Trainer:
             raise _Stopped()
 
         params = [p for p in model.parameters() if p.grad is not None]
-        stats = torch.stack([loss_sum / accum, tokens.float(), target_tokens.float()])
+        stats = torch.stack([loss_sum, tokens.float(), target_tokens.float()])
         if self.ddp:
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
             if self.grad_clip > 0:  # clip the global gradient, exactly as a single process would
@@ -797,15 +830,9 @@ class Trainer:
         tok_per_sec = int(tokens / dt) if dt > 0 else 0
         mfu = compute_mfu(self.flops_per_token, tok_per_sec, self.peak_flops, self.world_size) \
             if self.flops_per_token else None
-        n = self.num_iterations
-        if self.log_style == "sft":
-            print0(f"Step {step:05d}/{n:05d} | Training loss: {train_loss:.6f}| lrm: {lrm:.6f}| "
-                   f"num_tokens: {target_tokens:,}")
-        else:
-            pct = 100 * step / n if n else 100.0
-            print0(f"step {step:05d}/{n:05d} ({pct:.2f}%) | loss: {debiased:.6f} | lrm: {lrm:.2f} | "
-                   f"dt: {dt * 1000:.2f}ms | tok/sec: {tok_per_sec:,} | mfu: {format_mfu(mfu)} | "
-                   f"total time: {st.total_training_time / 60:.2f}m")
+        print0(self.hook.step_line(self, step, {
+            "train_loss": train_loss, "debiased": debiased, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
+            "mfu": mfu, "num_tokens": target_tokens, "total_time": st.total_training_time}))
         metrics = {"step": step, "total_training_flops": self._flops_so_far(step + 1),
                    "total_training_time": st.total_training_time, "train/loss": debiased,
                    "train/raw_loss": train_loss, "train/lrm": lrm, "train/dt": dt,
@@ -818,10 +845,8 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------------------------------
 
     def print_batch_math(self):
-        per_rank = self.B * self.T
-        print0(f"Tokens / micro-batch / rank: {self.B} x {self.T} = {per_rank:,}")
-        print0(f"Tokens / micro-batch: {per_rank * self.world_size:,}")
-        print0(f"Total batch size {self.total_batch_size:,} => gradient accumulation steps: {self.grad_accum_steps}")
+        for line in self.hook.batch_lines(self):
+            print0(line)
 
     def setup(self):
         """Resume (if asked), build the train loader, start W&B. Called by run(); idempotent."""

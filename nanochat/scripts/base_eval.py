@@ -3,7 +3,7 @@ bundle is unavailable or with --demo), and greedy samples from fixed prompts. Wr
 import time
 
 from nanochat.checkpoint import check_run_id, load_model, run_id_from
-from nanochat.common import ArgumentParser, compute_cleanup, compute_init, print0, run_main
+from nanochat.common import ArgumentParser, compute_cleanup, compute_init, eval_autocast, print0, run_main
 from nanochat.core_eval import EvalBundleUnavailable, download_eval_bundle, evaluate_core
 from nanochat.dataloader import DataLoader
 from nanochat.engine import Engine
@@ -44,35 +44,36 @@ def main(argv=None):
     B = args.device_batch_size or (8 if args.demo else 32)
     eval_tokens = args.eval_tokens or (16 * B * T if args.demo else 20 * 524288)
     token_bytes = get_token_bytes(device)
-    bpb = {}
-    for split in ("train", "val"):
-        bpb[split] = evaluate_bpb_budget(
-            model, lambda: iter(DataLoader(tokenizer, B, T, split, device, rank=rank, world_size=world_size)),
-            eval_tokens, B, T, token_bytes, world_size)
-        print0(f"{split} bpb: {bpb[split]:.4f}")
-    engine = Engine(model, tokenizer)
-    samples = []
-    for prompt in SAMPLE_PROMPTS:
-        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-        out, _ = engine.generate_batch(ids, num_samples=1, max_tokens=16, temperature=0.0)
-        samples.append(tokenizer.decode(out[0][1:]))
-        print0(printable_sample(samples[-1]))
-    get_report().log("Base model loss", [{"train bpb": bpb["train"], "val bpb": bpb["val"],
-                                          "eval tokens per split": eval_tokens},
-                                         "Greedy samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)])
-    core = None
-    if args.demo or args.skip_core:
-        print0(f"CORE metric: skipped ({'--demo' if args.demo else '--skip_core'})")
-    else:
-        try:
-            bundle = download_eval_bundle()
-        except EvalBundleUnavailable as exc:
-            print0(f"CORE metric: skipped ({exc})")
-            bundle = None
-        if bundle:
-            core = evaluate_core(model, tokenizer, device, bundle, max_per_task=args.max_per_task, rank=rank,
-                                 world_size=world_size, log=print0)
-            print0(f"CORE metric: {core['CORE']:.4f}")
+    with eval_autocast(device):  # bf16 on CUDA, as upstream
+        bpb = {}
+        for split in ("train", "val"):
+            bpb[split] = evaluate_bpb_budget(
+                model, lambda: iter(DataLoader(tokenizer, B, T, split, device, rank=rank, world_size=world_size)),
+                eval_tokens, B, T, token_bytes, world_size)
+            print0(f"{split} bpb: {bpb[split]:.4f}")
+        engine = Engine(model, tokenizer)
+        samples = []
+        for prompt in SAMPLE_PROMPTS:
+            ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+            out, _ = engine.generate_batch(ids, num_samples=1, max_tokens=16, temperature=0.0)
+            samples.append(tokenizer.decode(out[0][1:]))
+            print0(printable_sample(samples[-1]))
+        get_report().log("Base model loss", [{"train bpb": bpb["train"], "val bpb": bpb["val"],
+                                              "eval tokens per split": eval_tokens},
+                                             "Greedy samples:\n\n" + "\n".join(f"- {s!r}" for s in samples)])
+        core = None
+        if args.demo or args.skip_core:
+            print0(f"CORE metric: skipped ({'--demo' if args.demo else '--skip_core'})")
+        else:
+            try:
+                bundle = download_eval_bundle()
+            except EvalBundleUnavailable as exc:
+                print0(f"CORE metric: skipped ({exc})")
+                bundle = None
+            if bundle:
+                core = evaluate_core(model, tokenizer, device, bundle, max_per_task=args.max_per_task, rank=rank,
+                                     world_size=world_size, log=print0)
+                print0(f"CORE metric: {core['CORE']:.4f}")
     data = [{"model_tag": args.model_tag or "", "step": meta.get("step"), "train bpb": bpb["train"],
              "val bpb": bpb["val"], "Wall time (min)": (time.time() - t0) / 60}]
     if core is not None:

@@ -2,7 +2,7 @@
 (`quit` or Ctrl-D leaves, `clear` starts over). Uses the KV-cache engine with the calculator tool."""
 
 from nanochat.checkpoint import check_run_id, load_model, run_id_from
-from nanochat.common import ArgumentParser, UsageError, compute_init, run_main
+from nanochat.common import ArgumentParser, UsageError, compute_init, eval_autocast, run_main
 from nanochat.engine import Engine
 from nanochat.trainer import nonnegative_float, nonnegative_int, positive_int
 
@@ -65,7 +65,8 @@ def main(argv=None):
         if room < 1:
             return None
         print(label, end="", flush=True)
-        return ids + reply(engine, tokenizer, ids, args, max_tokens=min(args.max_tokens, room))
+        with eval_autocast(device):
+            return ids + reply(engine, tokenizer, ids, args, max_tokens=min(args.max_tokens, room))
 
     if args.prompt is not None:
         try:

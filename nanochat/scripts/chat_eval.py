@@ -5,7 +5,8 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint import check_run_id, load_model, run_id_from
-from nanochat.common import ArgumentParser, UsageError, compute_cleanup, compute_init, print0, run_main
+from nanochat.common import (ArgumentParser, UsageError, compute_cleanup, compute_init, eval_autocast, print0,
+                             run_main)
 from nanochat.engine import Engine
 from nanochat.execution import sandbox_description, sandbox_problem, set_unsafe_exec
 from nanochat.report import get_report
@@ -137,11 +138,12 @@ def main(argv=None):
         task = load_task(name, args["demo"])
         n = len(task) if args["max_problems"] is None else min(len(task), args["max_problems"])
         indices = list(range(rank, n, world_size))
-        if task.eval_type == "categorical":
-            correct = run_categorical(model, tokenizer, task, indices, args["batch_size"], device)
-        else:
-            correct = run_generative(engine, tokenizer, task, indices, args["num_samples"], max_new,
-                                     args["temperature"], args["top_k"])
+        with eval_autocast(device):  # bf16 on CUDA, as upstream
+            if task.eval_type == "categorical":
+                correct = run_categorical(model, tokenizer, task, indices, args["batch_size"], device)
+            else:
+                correct = run_generative(engine, tokenizer, task, indices, args["num_samples"], max_new,
+                                         args["temperature"], args["top_k"])
         counts = torch.tensor([correct, len(indices)], dtype=torch.long, device=device)
         if ddp:
             dist.all_reduce(counts)

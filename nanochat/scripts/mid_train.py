@@ -5,7 +5,6 @@ import os
 import time
 from dataclasses import asdict
 
-
 from nanochat.batch_probe import resolve_device_batch_size
 from nanochat.checkpoint import STAGE_DIRS, check_run_id, find_largest_model, load_model, run_id_from
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, run_main
@@ -24,8 +23,9 @@ EPOCH_SAMPLE = 512
 
 def build_parser():
     p = FlagParser(prog="python -m nanochat.scripts.mid_train", description=__doc__)
+    # upstream's midtraining clips no gradient (--grad_clip=1.0 opts in to base training's clipping)
     add_training_flags(p, device_batch_size=32, max_seq_len=2048, total_batch_size=524288, num_iterations=-1,
-                       eval_every=None, eval_tokens=None, save_every=500)
+                       eval_every=None, eval_tokens=None, save_every=500, grad_clip=0.0)
     p.add_argument("--demo", action="store_true", help="offline synthetic mixture (no download)")
     p.add_argument("--source_run_id", type=check_run_id, default=None,
                    help="load the source checkpoint of this run (default: this run's own id, when it has one)")
@@ -35,6 +35,9 @@ def build_parser():
     p.add_argument("--matrix_lr", type=float_flag, default=0.02)
     p.add_argument("--weight_decay", type=float_flag, default=0.0)
     p.add_argument("--init_lr_frac", type=float_flag, default=1.0, help="initial LR as a fraction of the base LR")
+    p.add_argument("--identity_file", default=None,
+                   help="identity conversations JSONL (default: $NANOCHAT_IDENTITY_FILE or "
+                        "$NANOCHAT_BASE_DIR/identity_conversations.jsonl)")
     return p
 
 
@@ -71,7 +74,8 @@ def main(argv=None):
            + (f" of run {base_meta['run_id']}" if base_meta.get("run_id") else ""))
     print0(f"Vocab size: {tokenizer.get_vocab_size():,}")
     print0(f"Number of parameters: {model.num_params():,}")
-    train_set, val_set = mid_mixture("train", args.demo), mid_mixture("test", args.demo)
+    train_set = mid_mixture("train", args.demo, identity_file=args.identity_file)
+    val_set = mid_mixture("test", args.demo)
     print0(f"Midtraining mixture: {len(train_set):,} conversations (validation {len(val_set):,})")
     optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
                                         matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
@@ -110,7 +114,7 @@ def main(argv=None):
         meta={"model_config": asdict(model.config), "source": {"stage": "base", "step": base_meta.get("step")},
               "init_from": {"stage": "base", "model_tag": model_tag, "step": base_meta.get("step"),
                             "run_id": base_meta.get("run_id")}},
-        user_config=vars(args), log_style="base")
+        user_config=vars(args))
     rc = trainer.run()
     if rc == EXIT_OK:
         get_report().log("Midtraining", [vars(args), {

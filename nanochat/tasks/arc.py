@@ -1,6 +1,6 @@
 """ARC (allenai/ai2_arc) Easy and Challenge: grade-school science multiple choice, scored by letter logits."""
 from nanochat.tasks.common import Task, render_multiple_choice
-from nanochat.tasks.hub import load_rows
+from nanochat.tasks.hub import UPSTREAM_SHUFFLE_SEED, load_rows
 
 
 class ARC(Task):
@@ -9,7 +9,7 @@ class ARC(Task):
     def __init__(self, subset: str = "ARC-Easy", split: str = "test", **kwargs):
         super().__init__(**kwargs)
         assert subset in ("ARC-Easy", "ARC-Challenge") and split in ("train", "validation", "test")
-        self.rows = load_rows("allenai/ai2_arc", subset, split)
+        self.rows = load_rows("allenai/ai2_arc", subset, split, UPSTREAM_SHUFFLE_SEED)
 
     def num_examples(self):
         return len(self.rows)

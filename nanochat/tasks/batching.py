@@ -3,7 +3,6 @@ conversation batches for SFT. Both resume exactly from `state_dict()` at any dev
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from nanochat.common import UsageError
 
@@ -85,22 +84,36 @@ def check_sft_batch(examples_per_step: int, device_batch_size: int, world_size: 
 
 class SFTLoader:
     """SFT micro-batches of B conversations, padded to the longest; targets are -1 except on assistant tokens.
-    At the start of each optimizer step it prefetches the step's `accum` micro-batches and counts their valid
-    targets (all ranks together) into `step_valid_targets`, so the loss can be normalised per step — a fully
-    masked micro-batch then adds exactly nothing. State = number of conversations of this rank already yielded."""
 
-    def __init__(self, tokenizer, dataset, B, accum, device, max_seq_len=2048, rank=0, world_size=1, state=None):
+    Each batch is (x, y, row_weight). The weights reproduce upstream's loss at the device batch size the run was
+    configured with, `group_size` (G): there each micro-batch of G conversations weighs the same — its mean target
+    loss divided by the step's number of micro-batches — however many targets it holds. Here the conversations of
+    a step are cut into those same groups of G (consecutive on a rank, as the data order makes them), and row i
+    gets 1 / (valid targets of its group × groups per rank per step); summing row_weight × the row's summed token
+    loss over the step then gives exactly the configured run's objective at any device batch B (after an OOM
+    fallback to B=2 a G=4 run keeps its gradient). A group with no target adds nothing. G is kept in the loader
+    state, so a resumed run weights as the run that wrote the checkpoint did.
+    State = conversations of this rank already yielded, and G."""
+
+    def __init__(self, tokenizer, dataset, B, accum, device, max_seq_len=2048, rank=0, world_size=1, state=None,
+                 group_size=None):
         if len(dataset) == 0:
             raise UsageError("the SFT mixture is empty")
         self.tokenizer, self.dataset, self.B, self.accum = tokenizer, dataset, B, accum
         self.device, self.max_seq_len, self.rank, self.world_size = device, max_seq_len, rank, world_size
         self.pad_id = tokenizer.encode_special("<|assistant_end|>")
         self.next_example = int(state["example"]) if state else 0
+        self.group_size = int((state or {}).get("group") or group_size or B)
+        per_step = B * accum
+        if per_step % self.group_size:
+            raise UsageError(f"--device_batch_size={B} x {accum} micro-batches = {per_step} conversations per rank "
+                             f"per step cannot be cut into the run's loss groups of {self.group_size}; use a device "
+                             f"batch size that divides {self.group_size} (or a multiple of it)")
+        self.groups_per_step = per_step // self.group_size
         self.queue = []
-        self.step_valid_targets = 0
 
     def state_dict(self) -> dict:
-        return {"example": self.next_example - self.B * len(self.queue)}
+        return {"example": self.next_example - self.B * len(self.queue), "group": self.group_size}
 
     def _collate(self, first):
         rows = []
@@ -120,20 +133,22 @@ class SFTLoader:
         return x, y
 
     def _prefetch_step(self):
+        batches = []
         for _ in range(self.accum):
-            self.queue.append(self._collate(self.next_example))
+            batches.append(self._collate(self.next_example))
             self.next_example += self.B
-        count = torch.tensor(float(sum(int((y >= 0).sum()) for _, y in self.queue)), dtype=torch.float64,
-                             device=self.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(count, op=dist.ReduceOp.SUM)
-        self.step_valid_targets = int(count.item())
+        counts = torch.cat([(y >= 0).sum(1) for _, y in batches]).double()  # valid targets per row of the step
+        per_group = counts.view(self.groups_per_step, self.group_size).sum(1)
+        weights = torch.where(per_group > 0, 1.0 / (per_group.clamp(min=1) * self.groups_per_step), 0.0)
+        row_weights = weights.repeat_interleave(self.group_size).float().view(self.accum, self.B)
+        self.queue = [(x, y, w) for (x, y), w in zip(batches, row_weights)]
 
     def next_batch(self):
         if not self.queue:
             self._prefetch_step()
-        x, y = self.queue.pop(0)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        x, y, w = self.queue.pop(0)
+        return (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
+                w.to(self.device, non_blocking=True))
 
     def __iter__(self):
         while True:

@@ -109,14 +109,14 @@ class DemoFirstLetter(Task):
         return completion.strip() == conversation["messages"][-1]["content"]
 
 
-def demo_mixture(split: str = "train", size: int = 2000, words=None) -> TaskMixture:
+def demo_mixture(split: str = "train", size: int = 2000, words=None, identity_file=None) -> TaskMixture:
     """The demo chat data: spelling, counting, arithmetic, first-letter choice and identity conversations."""
     words = words if words is not None else corpus_words()
     n = max(1, size // 4)
     tasks = [SimpleSpelling(size=n, split=split, words=words), SpellingBee(size=n, split=split, words=words),
              DemoArithmetic(size=n, split=split), DemoFirstLetter(words, size=n // 2, split=split)]
     if split == "train":
-        identity = IdentityConversations()
+        identity = IdentityConversations(identity_file, demo=True)
         tasks += [identity] * max(1, n // (4 * max(1, len(identity))))
     return TaskMixture(tasks)
 

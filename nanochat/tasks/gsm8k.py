@@ -2,7 +2,7 @@
 import re
 
 from nanochat.tasks.common import Task, extract_final_answer
-from nanochat.tasks.hub import load_rows
+from nanochat.tasks.hub import UPSTREAM_SHUFFLE_SEED, load_rows
 
 CALC_SPAN = re.compile(r"<<([^>]*)>>")
 
@@ -27,7 +27,7 @@ class GSM8K(Task):
     def __init__(self, subset: str = "main", split: str = "test", **kwargs):
         super().__init__(**kwargs)
         assert split in ("train", "test")
-        self.rows = load_rows("openai/gsm8k", subset, split)
+        self.rows = load_rows("openai/gsm8k", subset, split, UPSTREAM_SHUFFLE_SEED)
 
     def num_examples(self):
         return len(self.rows)

@@ -85,11 +85,23 @@ def parquet_files(repo: str, config: str, split: str) -> list[str]:
     return [os.path.join(directory, n) for n in names]
 
 
-def load_rows(repo: str, config: str, split: str) -> list[dict]:
+def load_rows(repo: str, config: str, split: str, shuffle_seed: int | None = None) -> list[dict]:
+    """All rows of one (repo, config, split) in file order, or shuffled as upstream's `load_dataset(...).shuffle(
+    seed=shuffle_seed)` orders them (see `shuffled`)."""
     rows = []
     for path in parquet_files(repo, config, split):
         rows.extend(pq.read_table(path).to_pylist())
-    return rows
+    return rows if shuffle_seed is None else shuffled(rows, shuffle_seed)
+
+
+UPSTREAM_SHUFFLE_SEED = 42  # upstream shuffles every hub task with this seed before any slicing
+
+
+def shuffled(rows: list, seed: int) -> list:
+    """rows in the order of Hugging Face `datasets.Dataset.shuffle(seed=seed)`: the permutation drawn by numpy's
+    `default_rng(seed).permutation(len(rows))`, row k of the result being rows[permutation[k]]."""
+    import numpy as np
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows)).tolist()]
 
 
 def cached_file(url: str, name: str, dataset: str) -> str:

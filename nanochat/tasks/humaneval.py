@@ -3,7 +3,7 @@ import re
 
 from nanochat.execution import execute_code
 from nanochat.tasks.common import Task
-from nanochat.tasks.hub import load_rows
+from nanochat.tasks.hub import UPSTREAM_SHUFFLE_SEED, load_rows
 
 CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
@@ -23,7 +23,7 @@ class HumanEval(Task):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.rows = load_rows("openai/openai_humaneval", "openai_humaneval", "test")
+        self.rows = load_rows("openai/openai_humaneval", "openai_humaneval", "test", UPSTREAM_SHUFFLE_SEED)
 
     def num_examples(self):
         return len(self.rows)

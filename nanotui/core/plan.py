@@ -100,7 +100,7 @@ class Plan:
 # NPROC_PER_NODE > 1. "{RUN}" is replaced by WANDB_RUN; device batch / seq len flags are set from overrides.
 # The single-node GPU pipeline (upstream's speedrun.sh): the 4090 and 8xh100 profiles differ only in their knobs.
 _SPEEDRUN_STAGES = [
-    ("data", "nanochat.dataset", ["-n", "240"], "python"),
+    ("data", "nanochat.dataset", ["--identity", "-n", "240"], "python"),  # + upstream's identity conversations
     ("tok_train", "nanochat.scripts.tok_train", ["--max_chars=2000000000"], "python"),
     ("tok_eval", "nanochat.scripts.tok_eval", [], "python"),
     ("base_train", "nanochat.scripts.base_train",

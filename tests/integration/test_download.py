@@ -198,3 +198,87 @@ def test_cli_exit_codes_and_env_url(base_dir, server):
         assert run.returncode == 2, bad
         assert [line for line in run.stderr.splitlines() if line.strip()][-1].startswith("error: ")
         assert "Traceback" not in run.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# identity conversations (upstream's speedrun fetches them with curl before midtraining; ours with --identity)
+
+def _identity_lines(n):
+    import json
+    return "".join(json.dumps([{"role": "user", "content": f"who are you {i}?"},
+                               {"role": "assistant", "content": f"I am nanochat ({i})."}]) + "\n" for i in range(n))
+
+
+class IdentityServer:
+    """Serves /identity.jsonl with a behaviour per `mode`: "ok", "404", "html" (a 200 page that is not JSONL),
+    "500_once" (500, then ok)."""
+
+    def __init__(self, body):
+        self.body, self.mode, self.requests = body.encode(), "ok", 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests += 1
+                if server.mode == "404" or (server.mode == "500_once" and server.requests == 1):
+                    self.send_response(404 if server.mode == "404" else 500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = b"<html>rate limited</html>" if server.mode == "html" else server.body
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/identity.jsonl"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def identity_server(monkeypatch):
+    srv = IdentityServer(_identity_lines(1000))
+    monkeypatch.setenv("NANOCHAT_IDENTITY_URL", srv.url)
+    yield srv
+    srv.close()
+
+
+def test_identity_download_is_upstreams_file_read_by_mid_and_sft(base_dir, identity_server, fast_retries, capsys):
+    assert dataset.IDENTITY_URL == "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
+    assert dataset.main(["--identity"]) == 0
+    dest = base_dir / "identity_conversations.jsonl"
+    assert "Identity conversations: 1,000 in" in capsys.readouterr().out
+    from nanochat.tasks.identity import IdentityConversations
+    assert len(IdentityConversations()) == 1000  # the default for real (non-demo) runs
+    assert dataset.main(["--identity"]) == 0 and identity_server.requests == 1  # a valid copy is kept
+    dest.write_text(_identity_lines(3)[:-20])  # a truncated copy is fetched again
+    assert dataset.main(["--identity"]) == 0 and identity_server.requests == 2
+    assert len(IdentityConversations()) == 1000
+
+
+def test_identity_download_failures_leave_no_file(base_dir, identity_server, fast_retries, capsys):
+    identity_server.mode = "404"
+    assert dataset.main(["--identity"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("FAILED identity conversations: HTTP 404") and "NANOCHAT_IDENTITY_FILE" in err
+    identity_server.mode = "html"
+    assert dataset.main(["--identity", "--attempts", "2"]) == 1
+    assert "not identity conversations JSONL" in capsys.readouterr().err
+    assert os.listdir(base_dir) == []
+    identity_server.mode = "500_once"
+    identity_server.requests = 0
+    assert dataset.main(["--identity"]) == 0 and identity_server.requests == 2
+
+
+def test_identity_download_with_shards_in_one_command(base_dir, server, identity_server, fast_retries):
+    assert dataset.main(["-n", "2", "--identity", "--base-url", server.url]) == 0
+    assert (base_dir / "identity_conversations.jsonl").exists()
+    assert len(_data_files(base_dir)) == 3

@@ -50,6 +50,8 @@ def test_single_gpu_profile_defaults_and_overrides(tmp_path):
     assert {"--depth=20", "--device_batch_size=2", "--max_seq_len=1024", "--run=myrun"} <= set(base)
     sft = next(c for c in calls if c[1] == "nanochat.scripts.chat_sft")
     assert "--device_batch_size=2" in sft  # SFT keeps its own default (SFT_BS=2)
+    first_data = next(c for c in calls if c[1] == "nanochat.dataset")
+    assert first_data[2:] == ["-n", "8", "--identity"]  # upstream's identity conversations, before any training
 
 
 def test_multi_gpu_goes_through_torchrun_with_separator(tmp_path):

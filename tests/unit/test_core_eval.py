@@ -109,3 +109,79 @@ def test_offline_bundle_is_a_usage_error(base_dir):
     with pytest.raises(EvalBundleUnavailable) as info:
         download_eval_bundle("http://127.0.0.1:9/eval_bundle.zip")
     assert "cannot download the CORE eval bundle" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# upstream's CORE procedure: Random(1337) order before max_per_task, few-shot from the kept list, LM trimming,
+# cropping only for models with a hard maximum length
+
+def test_examples_are_shuffled_with_random_1337_before_max_per_task():
+    from nanochat.core_eval import core_order
+    assert core_order(list(range(10))) == [0, 3, 7, 2, 1, 6, 4, 5, 8, 9]  # random.Random(1337).shuffle
+    assert core_order(list(range(10)), 4) == [0, 3, 7, 2]
+    assert core_order(list(range(10)), -1) == core_order(list(range(10)))  # upstream's -1 = all
+
+
+class RecordingTokenizer(CharTokenizer):
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, text, prepend=None):
+        self.texts.append(text)
+        return super().encode(text, prepend)
+
+
+def _bundle_dir(tmp_path, tasks):
+    """A bundle on disk: tasks = [(label, type, num_fewshot, rows)]."""
+    root = tmp_path / "bundle"
+    (root / "eval_data").mkdir(parents=True)
+    yaml_lines, csv_lines = ["icl_tasks:"], ["Eval Task,Random baseline"]
+    for label, kind, shots, rows in tasks:
+        (root / "eval_data" / f"{label}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        yaml_lines += [f"- label: {label}", f"  dataset_uri: {label}.jsonl", f"  num_fewshot: [{shots}]",
+                       f"  icl_task_type: {kind}"]
+        csv_lines.append(f"{label},0")
+    (root / "core.yaml").write_text("\n".join(yaml_lines) + "\n")
+    (root / "eval_meta_data.csv").write_text("\n".join(csv_lines) + "\n")
+    return str(root)
+
+
+def _tiny_model(sequence_len=128):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=sequence_len, vocab_size=128, n_layer=1, n_head=1, n_kv_head=1, n_embd=32))
+    model.init_weights()
+    return model.eval()
+
+
+def test_max_per_task_keeps_the_shuffled_head_and_few_shot_comes_from_it(tmp_path):
+    from nanochat.core_eval import core_order
+    rows = [{"query": f"Question number {i}?", "choices": ["yes", "no"], "gold": 0} for i in range(10)]
+    bundle = _bundle_dir(tmp_path, [("mc", "multiple_choice", 2, rows)])
+    tok = RecordingTokenizer()
+    evaluate_core(_tiny_model(), tok, "cpu", bundle, max_per_task=3, log=lambda *a: None)
+    kept = {r["query"] for r in core_order(rows, 3)}
+    seen = {r["query"] for r in rows if any(r["query"] in t for t in tok.texts)}
+    assert seen == kept  # only the 3 kept examples, as items and as each other's few-shot examples
+    assert all(sum(q in t for q in kept) == 3 for t in tok.texts)  # 2 shots + the item in every prompt
+
+
+def test_language_modelling_contexts_are_trimmed_and_the_prefix_stripped():
+    task = {"type": "language_modeling", "delimiter": " ", "num_fewshot": 1,
+            "data": [{"context": "  Grass is ", "continuation": "green"},
+                     {"context": "The sky is ", "continuation": "blue"}]}
+    texts, gold = _prompts(task, task["data"], 1)
+    assert gold is None
+    assert texts == ["Grass is green\n\nThe sky is", "Grass is green\n\nThe sky is blue"]  # no double space
+
+
+def test_prompts_are_cropped_only_for_a_model_with_a_maximum_length():
+    from nanochat.core_eval import evaluate_example
+    model = _tiny_model(sequence_len=16)
+    widths = []
+    model.register_forward_pre_hook(lambda module, args: widths.append(args[0].size(1)))
+    task = {"type": "multiple_choice", "delimiter": " ", "num_fewshot": 0,
+            "data": [{"query": "A long question " * 3, "choices": ["yes", "no"], "gold": 0}]}
+    evaluate_example(model, CharTokenizer(), task, 0, "cpu")  # our GPT reads past sequence_len (rotary 10x)
+    assert widths[-1] == 1 + len("A long question " * 3) + 4 > 16
+    evaluate_example(model, CharTokenizer(), task, 0, "cpu", max_seq_len=20)
+    assert widths[-1] == 20

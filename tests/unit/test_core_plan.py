@@ -40,6 +40,9 @@ def test_4090_profile_and_overrides():
     plan = build_plan("4090", {"WANDB_RUN": "myrun"}, PY)
     assert plan.names == list(STAGE_NAMES)
     assert plan.stage("data").argv[-2:] == ("-n", "240")
+    # upstream's identity conversations are fetched with the shards, for both GPU profiles (not the offline demo)
+    assert "--identity" in plan.stage("data").argv and "--identity" in build_plan("8xh100", {}, PY).stage("data").argv
+    assert "--identity" not in build_plan("cpu-demo", {}, PY).stage("data").argv
     assert " ".join(plan.stage("base_train").argv).endswith(
         "base_train --depth=20 --device_batch_size=4 --max_seq_len=1024 --run=myrun")
     assert " ".join(plan.stage("mid_train").argv).endswith("--device_batch_size=4 --max_seq_len=1024 --run=myrun")

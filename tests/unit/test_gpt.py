@@ -45,6 +45,21 @@ def test_config_for_depth_sizes():
         config_for_depth(0)
 
 
+def test_heads_by_ceiling_division_as_upstream():
+    """num_heads = ceil(64·depth / 128): d3 = 2 heads of 96, d7 = 4 of 112, d15 = 8 of 120; d5 (320 / 3) fails."""
+    sizes = {d: (config_for_depth(d).n_head, config_for_depth(d).n_embd // config_for_depth(d).n_head)
+             for d in (1, 2, 3, 4, 6, 7, 15, 20)}
+    assert sizes == {1: (1, 64), 2: (1, 128), 3: (2, 96), 4: (2, 128), 6: (3, 128), 7: (4, 112), 15: (8, 120),
+                     20: (10, 128)}
+    with pytest.raises(ValueError, match="not divisible"):
+        config_for_depth(5)
+    torch.manual_seed(0)
+    model = GPT(config_for_depth(7, vocab_size=64, sequence_len=8))
+    model.init_weights()
+    loss = model(torch.randint(0, 64, (1, 8)), torch.randint(0, 64, (1, 8)))
+    assert torch.isfinite(loss)
+
+
 def test_no_biases_untied_head_and_rotary_not_in_state_dict():
     model = tiny_model()
     assert all(not name.endswith("bias") for name, _ in model.named_parameters())

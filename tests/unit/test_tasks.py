@@ -172,7 +172,7 @@ def test_demo_tasks_are_self_consistent():
 
 
 def test_demo_mixture_and_identity(base_dir):
-    identity = IdentityConversations()
+    identity = IdentityConversations(demo=True)  # the bundled set: the offline demo's only
     assert len(identity) >= 20
     for conv in identity:
         roles = [m["role"] for m in conv["messages"]]
@@ -212,14 +212,183 @@ def test_sft_loader_masks_pads_and_counts_step_targets():
     from nanochat.tasks.batching import SFTLoader, check_sft_batch
     data = [{"i": i} for i in range(6)]
     loader = SFTLoader(CountingTokenizer(), data, 2, 2, "cpu", max_seq_len=64)
-    x, y = loader.next_batch()
+    x, y, w = loader.next_batch()
     assert x.shape == (2, 2) and y.tolist() == [[1, -1], [1, -1]]  # conv 0: 2 tokens (one target); conv 1: 3 tokens
-    # the step's two micro-batches hold 2 + 4 assistant targets (conversations 2 and 3 have two each)
-    assert loader.step_valid_targets == 6 and loader.state_dict() == {"example": 2}
-    x2, y2 = loader.next_batch()
+    # each micro-batch (group of 2) weighs 1/2 of the step: 2 targets here, 4 in the next (convs 2 and 3 have two)
+    assert w.tolist() == pytest.approx([1 / (2 * 2)] * 2) and loader.state_dict() == {"example": 2, "group": 2}
+    x2, y2, w2 = loader.next_batch()
     assert x2[0].tolist() == [1002, 1, 2, 0] and y2[0].tolist() == [1, -1, 3, -1]  # padded with the pad id
+    assert w2.tolist() == pytest.approx([1 / (4 * 2)] * 2)
     resumed = SFTLoader(CountingTokenizer(), data, 1, 4, "cpu", max_seq_len=64, state={"example": 2})
     assert resumed.next_batch()[0][0].tolist() == [1002, 1, 2]
     assert check_sft_batch(32, 4) == 8
     with pytest.raises(UsageError):
         check_sft_batch(32, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# upstream's task order: every hub task is shuffled with seed 42 before any slicing
+
+# datasets.Dataset.shuffle(seed=42) draws numpy's default_rng(42).permutation(n); for n = 10 that is (checked with
+# `datasets` 5.2.0: Dataset.from_dict({'k': list(range(10))}).shuffle(seed=42)['k']):
+HF_SHUFFLE_42_OF_10 = [5, 6, 0, 7, 3, 2, 4, 9, 1, 8]
+
+
+def _numbered(kind, k):
+    if kind == "mmlu":
+        return {"question": f"row {k}", "subject": "s", "choices": ["a", "b", "c", "d"], "answer": k % 4}
+    if kind == "arc":
+        return {"id": str(k), "question": f"row {k}", "answerKey": "A",
+                "choices": {"text": ["x", "y"], "label": ["A", "B"]}}
+    if kind == "gsm8k":
+        return {"question": f"row {k}", "answer": f"#### {k}"}
+    if kind == "humaneval":
+        return {"task_id": str(k), "prompt": f"row {k}", "canonical_solution": "", "entry_point": "f", "test": ""}
+    return {"messages": [{"role": "user", "content": f"row {k}"}, {"role": "assistant", "content": "ok"}]}
+
+
+@pytest.fixture
+def numbered_hub(tmp_path, base_dir, monkeypatch):
+    """Ten rows per dataset, numbered 0..9 in file order, over two parquet files (rows 0-4, 5-9)."""
+    root = tmp_path / "hub"
+    keys = {("HuggingFaceTB/smol-smoltalk", "default", "train"): "smoltalk", ("cais/mmlu", "all", "test"): "mmlu",
+            ("openai/gsm8k", "main", "test"): "gsm8k", ("allenai/ai2_arc", "ARC-Easy", "test"): "arc",
+            ("openai/openai_humaneval", "openai_humaneval", "test"): "humaneval"}
+    for (repo, config, split), kind in keys.items():
+        d = root / repo / config / split
+        d.mkdir(parents=True)
+        for f, ks in enumerate((range(5), range(5, 10))):
+            pq.write_table(pa.Table.from_pylist([_numbered(kind, k) for k in ks]), d / f"{f}.parquet")
+    HubHandler.root, HubHandler.requests = root, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("NANOCHAT_HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    yield server
+    server.shutdown()
+
+
+def test_hub_tasks_are_in_upstreams_seed_42_order_before_slicing(numbered_hub):
+    def numbers(task):
+        return [int(task[i]["messages"][0]["content"].split("row ")[1].split()[0]) for i in range(len(task))]
+    assert numbers(SmolTalk("train")) == HF_SHUFFLE_42_OF_10
+    assert numbers(SmolTalk("train", stop=3)) == HF_SHUFFLE_42_OF_10[:3]  # SmolTalk(stop=10_000) in SFT
+    assert numbers(GSM8K("main", "test", stop=4)) == HF_SHUFFLE_42_OF_10[:4]  # mid's validation GSM8K slice
+    assert numbers(ARC("ARC-Easy", "test")) == HF_SHUFFLE_42_OF_10
+    assert [int(HumanEval()[i]["prompt"].split()[1]) for i in range(10)] == HF_SHUFFLE_42_OF_10
+    mmlu = MMLU("all", "test", stop=5)  # mid's validation MMLU slice
+    assert [int(mmlu[i]["messages"][0]["content"].split("row ")[1].split("\n")[0]) for i in range(5)] == \
+        HF_SHUFFLE_42_OF_10[:5]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SpellingBee: upstream's behaviour and variety
+
+def test_spelling_bee_variety_walkthrough_tool_check_and_answer():
+    from nanochat.tasks.spelling import COUNT_TEMPLATES
+    assert len(COUNT_TEMPLATES) >= 50 and len(set(COUNT_TEMPLATES)) == len(COUNT_TEMPLATES)
+    assert sum(any(ord(ch) > 127 for ch in t) for t in COUNT_TEMPLATES) >= 12  # several languages
+    task = SpellingBee(size=600, words=WORDS)
+    questions, counts, quoting = [], [], set()
+    for ex in task:
+        question = ex["messages"][0]["content"]
+        parts = ex["messages"][1]["content"]
+        assert [p["type"] for p in parts] == ["text", "text", "python", "python_output", "text"]
+        word, letter = parts[2]["text"].split("'")[1], parts[2]["text"].split("'")[3]
+        assert word in question and letter in question
+        count = word.count(letter)
+        manual = parts[0]["text"].splitlines()
+        # the manual walk-through: the spelled word, then one line per letter (no space after the position),
+        # a running count on each hit, and the manual total
+        assert f"{word}:{','.join(word)}" in manual
+        walk = [line for line in manual if line[:1].isdigit()]
+        assert [line.split(" ")[0] for line in walk] == [f"{i}:{c}" for i, c in enumerate(word, 1)]
+        hits = [line for line in walk if " " in line]
+        assert len(hits) == count and all(line.endswith(str(k)) for k, line in enumerate(hits, 1))
+        assert manual[-1].endswith(f"{count}.")
+        assert use_calculator(parts[2]["text"]) == parts[3]["text"] == str(count)  # then the Python check
+        assert parts[4]["text"].endswith(f"#### {count}")
+        assert task.evaluate(ex, "".join(p["text"] for p in parts)) and not task.evaluate(ex, f"#### {count + 1}")
+        questions.append(question)
+        counts.append(count)
+        quoting.add((f"'{letter}'" in question, f'"{letter}"' in question, f"'{word}'" in question,
+                     f'"{word}"' in question))
+    assert 0.3 < sum(q.endswith("?") for q in questions) / len(questions) < 0.7  # "?" half the time
+    assert any(q[:1].islower() and q[:1].isascii() and not q.startswith(("'", '"')) for q in questions)
+    # quoting styles: letter and word each bare, in single or in double quotes, independently
+    assert {(True, False, False, True), (False, True, True, False), (False, False, False, False)} <= quoting
+    assert any(any(ord(ch) > 127 for ch in q) for q in questions)
+    assert 0 in counts and max(counts) >= 2  # a letter not in the word now and then (1 in 10 draws)
+    assert len(set(q.rstrip("?") for q in questions)) > 500
+
+
+def test_spelling_tasks_seed_examples_by_index_as_upstream():
+    import random
+    train, test = SpellingBee(size=5, words=WORDS), SpellingBee(size=5, split="test", words=WORDS)
+    rng = random.Random(3)  # train example 3 is drawn from Random(3): first the word, as upstream
+    assert train[3]["messages"][1]["content"][2]["text"].split("'")[1] == rng.choice(train.words)
+    rng = random.Random(-4)  # test example 3 from Random(-(3+1))
+    assert test[3]["messages"][1]["content"][2]["text"].split("'")[1] == rng.choice(test.words)
+    simple = SimpleSpelling(size=3, words=WORDS)
+    assert simple[0]["messages"][0]["content"].startswith("Spell the word: ")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# identity conversations and the mixtures (upstream's recipe)
+
+def test_identity_file_choice_and_validation(base_dir, tmp_path, monkeypatch):
+    from nanochat.tasks.identity import BUNDLED_IDENTITY_FILE, identity_file
+    with pytest.raises(UsageError, match="nanochat.dataset --identity"):
+        IdentityConversations()  # real runs need the downloaded (or the user's) file, never the bundled one
+    assert identity_file(demo=True) == BUNDLED_IDENTITY_FILE
+    own = tmp_path / "mine.jsonl"
+    own.write_text(json.dumps([{"role": "user", "content": "who?"}, {"role": "assistant", "content": "me"}]) + "\n")
+    assert len(IdentityConversations(str(own))) == 1
+    monkeypatch.setenv("NANOCHAT_IDENTITY_FILE", str(own))
+    assert IdentityConversations().path == str(own) and IdentityConversations(demo=True).path == str(own)
+    for bad, what in [([{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}], "role 'user'"),
+                      ([{"role": "user", "content": "x"}], "at least two"),
+                      ([{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}], "string content")]:
+        own.write_text("\n" + json.dumps(bad) + "\n")
+        with pytest.raises(UsageError, match=f"line 2: .*{what}"):
+            IdentityConversations(str(own))
+
+
+class _Stub:
+    """Stands in for a hub task in the mixture tests: records how it was built, holds `n` conversations."""
+    built = []
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+        _Stub.built.append(self)
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return {"messages": [{"role": "user", "content": f"{type(self).__name__} {i}"}]}
+
+
+def test_mixtures_are_upstreams_recipe_with_identity_twice_in_mid(base_dir, monkeypatch, tmp_path):
+    from nanochat.tasks import arc, gsm8k, mixtures, mmlu, smoltalk, spelling
+    for module, name in [(arc, "ARC"), (gsm8k, "GSM8K"), (mmlu, "MMLU"), (smoltalk, "SmolTalk"),
+                         (spelling, "SimpleSpelling"), (spelling, "SpellingBee")]:
+        monkeypatch.setattr(module, name, type(name, (_Stub,), {}))
+    own = tmp_path / "id.jsonl"
+    own.write_text("".join(json.dumps([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}])
+                           + "\n" for i in range(5)))
+    _Stub.built = []
+    mid = mixtures.mid_mixture("train", demo=False, identity_file=str(own))
+    built = [(type(t).__name__, t.args, t.kwargs) for t in _Stub.built]
+    assert built == [("SmolTalk", ("train",), {}), ("MMLU", ("auxiliary_train", "train"), {}),
+                     ("GSM8K", ("main", "train"), {}), ("SimpleSpelling", (), {"size": 200_000, "split": "train"}),
+                     ("SpellingBee", (), {"size": 80_000, "split": "train"})]
+    identity_rows = [mid[i] for i in range(len(mid)) if mid[i]["messages"][0]["content"].startswith("q")]
+    assert len(mid) == 5 * 3 + 2 * 5 and len(identity_rows) == 10  # two epochs of the identity set
+    _Stub.built = []
+    sft = mixtures.sft_mixture("train", demo=False, identity_file=str(own))
+    built = [(type(t).__name__, t.args, t.kwargs) for t in _Stub.built]
+    assert built == [("ARC", ("ARC-Easy", "train"), {}), ("ARC", ("ARC-Challenge", "train"), {}),
+                     ("GSM8K", ("main", "train"), {}), ("SmolTalk", ("train",), {"stop": 10_000}),
+                     ("SimpleSpelling", (), {"size": 300, "split": "train"}),
+                     ("SpellingBee", (), {"size": 300, "split": "train"})]
+    assert len(sft) == 6 * 3 + 5
