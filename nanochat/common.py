@@ -259,3 +259,32 @@ def compute_mfu(flops_per_token, tokens_per_sec, peak_flops, world_size=1):
 def format_mfu(value) -> str:
     """`45.67` for a percentage, `n/a` for None (the log field after `mfu: `)."""
     return "n/a" if value is None else f"{value:.2f}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# When to torch.compile (the model forward and Newton–Schulz): `--compile auto|on|off` of every training stage.
+
+COMPILE_MODES = ("auto", "on", "off")
+# auto compiles off CUDA only from this many optimizer steps on: on a CPU, compiling the model and Newton–Schulz
+# costs minutes of inductor C++ builds, which a short run (unit tests, 20-step benchmarks, the 200-step cpu-demo)
+# never earns back; the eager path is fused by hand (see nanochat/softcap_loss.py, Muon's batched Newton–Schulz).
+COMPILE_AUTO_MIN_STEPS = 2000
+
+
+def resolve_compile(mode, device_type, num_iterations) -> bool:
+    """The compile decision for a run: `on` / `off` as given; `auto` = on for CUDA, on for CPU runs of at least
+    COMPILE_AUTO_MIN_STEPS steps when a C++ compiler is on PATH (inductor needs one there), off otherwise (MPS).
+    NANOCHAT_COMPILE=0 (or NANOCHAT_NO_COMPILE=1) in the environment means off whatever the mode."""
+    import shutil
+
+    if mode not in COMPILE_MODES:
+        raise UsageError(f"--compile={mode!r}: use auto, on or off")
+    if os.environ.get("NANOCHAT_COMPILE", "1") == "0" or os.environ.get("NANOCHAT_NO_COMPILE") == "1":
+        return False
+    if mode != "auto":
+        return mode == "on"
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu" or num_iterations < COMPILE_AUTO_MIN_STEPS:
+        return False
+    return any(shutil.which(name) for name in ("c++", "g++", "clang++"))
