@@ -98,7 +98,8 @@ def run_config(label, depth, B, T, total, steps, warmup, device, vocab_size, mak
     dt_ms = statistics.median(m["train/dt"] for m in timed) * 1000
     mfus = [m["mfu"] for m in timed if m["mfu"] is not None]
     print(f"RESULT {label}: params {model.num_params():,} | B={B} T={T} total={total:,} "
-          f"(accum {trainer.grad_accum_steps}, compile {'on' if trainer.compile else 'off'}) | median over {len(timed)} steps: {tok_s:,.0f} tok/s, "
+          f"(accum {trainer.grad_accum_steps}, compile {'on' if trainer.compile else 'off'}) | "
+          f"median over {len(timed)} steps: {tok_s:,.0f} tok/s, "
           f"dt {dt_ms:.1f} ms" + (f", MFU {statistics.median(mfus):.2f}%" if mfus else ", MFU n/a"), flush=True)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
@@ -152,7 +153,8 @@ def main():
               flush=True)
         run_config("cuda-d20", depth=20, B=4, T=1024, total=args.gpu_total_batch, steps=args.gpu_steps,
                    warmup=min(5, args.gpu_steps // 2), device=device, vocab_size=65536,
-                   make_loader=lambda B, T: RandomTokens(B, T, 65536, device), extra_flags=[f"--compile={args.compile}"])
+                   make_loader=lambda B, T: RandomTokens(B, T, 65536, device),
+                   extra_flags=[f"--compile={args.compile}"])
         if args.gpu_full_context:
             torch.cuda.empty_cache()
             run_config("cuda-d20-T2048-ac", depth=20, B=2, T=2048, total=args.gpu_total_batch, steps=args.gpu_steps,

@@ -169,7 +169,8 @@ def run_one(who, shape, steps, src, up_py, ours_base, up_base, logdir, index):
     dts = parse_steps(out)
     warm = [dt for step, dt in dts.items() if step >= 3]
     if code != 0 or not warm:
-        fail(f"{who} run failed (exit {code}); log: {logdir / f'{index:02d}_{who}.log'}: {' '.join(out.split())[-300:]}")
+        fail(f"{who} run failed (exit {code}); log: {logdir / f'{index:02d}_{who}.log'}: "
+             f"{' '.join(out.split())[-300:]}")
     median = statistics.median(warm)
     log(f"run {index}: {who:8s} median dt {median:8.1f} ms over {len(warm)} steps (step 0: {dts.get(0, 0):.0f} ms) "
         f"| wall {wall:6.1f} s | vocab {vocab_line(out)} | load avg before {load:.1f}")

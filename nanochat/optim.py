@@ -61,9 +61,9 @@ _compiled_newton_schulz = None
 
 
 def _compile_wanted(device, setting=None) -> bool:
-    """Compile Newton–Schulz when the optimizer's `compile_newton_schulz` says so (the trainer sets it from --compile),
-    by default (None) on CUDA only; NANOCHAT_COMPILE=0 (the trainer's switch) and NANOCHAT_NO_COMPILE=1 turn it off
-    in every case."""
+    """Compile Newton–Schulz when the optimizer's `compile_newton_schulz` says so (the trainer sets it from
+    --compile), by default (None) on CUDA only; NANOCHAT_COMPILE=0 (the trainer's switch) and NANOCHAT_NO_COMPILE=1
+    turn it off in every case."""
     if os.environ.get("NANOCHAT_COMPILE", "1") == "0" or os.environ.get("NANOCHAT_NO_COMPILE") == "1":
         return False
     if setting is not None:

@@ -9,7 +9,8 @@ from test_base_train import (copy_step, corpus_template, fresh_base, step_losses
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_resume_with_compile_on_is_bitwise_exact(train_dir, capsys, monkeypatch, tmp_path, corpus_template):  # noqa: F811
+def test_resume_with_compile_on_is_bitwise_exact(train_dir, capsys, monkeypatch, tmp_path,  # noqa: F811
+                                                 corpus_template):  # noqa: F811
     rc, full_lines, _ = train(capsys, "--compile=on", iters=6, save_every=3)
     assert rc == 0
     full = step_losses(full_lines)
