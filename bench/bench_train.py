@@ -1,11 +1,14 @@
 """Benchmark: the real training loop (Trainer + DataLoader + Muon/AdamW) on a fixed small config; tok/s, memory, MFU.
 
     python bench/bench_train.py [--steps 10] [--warmup 2] [--base_dir DIR] [--vocab_size 4096] [--gpu auto|on|off]
+        [--compile auto|on|off] [--gpu_full_context]
 
 CPU part: d4, seq 512, device batch 8, total batch 8,192 tokens (grad accumulation 2) on the offline demo corpus,
 `--steps` optimizer steps; prints the median tokens/s over the steps after `--warmup`. On CUDA it also runs d20 at
 the 4090 profile (device batch 4, seq 1024, vocab 65,536, random tokens) under
-torch.cuda.set_per_process_memory_fraction(24 GiB / card) and prints peak allocated memory, tokens/s and MFU.
+torch.cuda.set_per_process_memory_fraction(24 GiB / card) and prints peak allocated memory, tokens/s and MFU;
+`--gpu_full_context` adds d20 at seq 2048, device batch 2, with --activation_checkpointing, under the same cap.
+`--compile` is passed to the trainer (auto: compiled on CUDA, eager for the short CPU part).
 The last line is the peak RSS of this process (data and tokenizer are prepared, once, in a child process). Nothing is checkpointed (Trainer(save_checkpoints=False)).
 """
 import argparse
@@ -67,10 +70,11 @@ class RandomTokens:
         return {}
 
 
-def run_config(label, depth, B, T, total, steps, warmup, device, vocab_size, make_loader):
+def run_config(label, depth, B, T, total, steps, warmup, device, vocab_size, make_loader, extra_flags=()):
     args = add_training_flags(FlagParser()).parse_args([
         f"--device_batch_size={B}", f"--max_seq_len={T}", f"--total_batch_size={total}",
-        f"--num_iterations={steps}", "--save_every=-1", "--eval_every=-1", f"--model_tag=bench_{label}"])
+        f"--num_iterations={steps}", "--save_every=-1", "--eval_every=-1", f"--model_tag=bench_{label}",
+        *extra_flags])
     config = config_for_depth(depth, vocab_size=vocab_size, sequence_len=T)
     with torch.device("meta"):
         model = GPT(config)
@@ -94,7 +98,8 @@ def run_config(label, depth, B, T, total, steps, warmup, device, vocab_size, mak
     dt_ms = statistics.median(m["train/dt"] for m in timed) * 1000
     mfus = [m["mfu"] for m in timed if m["mfu"] is not None]
     print(f"RESULT {label}: params {model.num_params():,} | B={B} T={T} total={total:,} "
-          f"(accum {trainer.grad_accum_steps}) | median over {len(timed)} steps: {tok_s:,.0f} tok/s, "
+          f"(accum {trainer.grad_accum_steps}, compile {'on' if trainer.compile else 'off'}) | "
+          f"median over {len(timed)} steps: {tok_s:,.0f} tok/s, "
           f"dt {dt_ms:.1f} ms" + (f", MFU {statistics.median(mfus):.2f}%" if mfus else ", MFU n/a"), flush=True)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
@@ -114,6 +119,9 @@ def main():
     p.add_argument("--gpu_steps", type=int, default=20)
     p.add_argument("--gpu_total_batch", type=int, default=32768, help="tokens per step for d20 (4 x 1024 x 8)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="the trainer's --compile")
+    p.add_argument("--gpu_full_context", action="store_true",
+                   help="also d20 at seq 2048, device batch 2, activation checkpointing (24 GiB cap)")
     p.add_argument("--prepare_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
@@ -133,7 +141,8 @@ def main():
     cpu = torch.device("cpu")
     run_config("cpu-d4", depth=4, B=8, T=512, total=8192, steps=args.steps, warmup=args.warmup, device=cpu,
                vocab_size=tokenizer.get_vocab_size(),
-               make_loader=lambda B, T: DataLoader(tokenizer, B, T, "train", cpu))
+               make_loader=lambda B, T: DataLoader(tokenizer, B, T, "train", cpu),
+               extra_flags=[f"--compile={args.compile}"])
 
     use_gpu = args.gpu == "on" or (args.gpu == "auto" and torch.cuda.is_available())
     if use_gpu:
@@ -144,7 +153,14 @@ def main():
               flush=True)
         run_config("cuda-d20", depth=20, B=4, T=1024, total=args.gpu_total_batch, steps=args.gpu_steps,
                    warmup=min(5, args.gpu_steps // 2), device=device, vocab_size=65536,
-                   make_loader=lambda B, T: RandomTokens(B, T, 65536, device))
+                   make_loader=lambda B, T: RandomTokens(B, T, 65536, device),
+                   extra_flags=[f"--compile={args.compile}"])
+        if args.gpu_full_context:
+            torch.cuda.empty_cache()
+            run_config("cuda-d20-T2048-ac", depth=20, B=2, T=2048, total=args.gpu_total_batch, steps=args.gpu_steps,
+                       warmup=min(5, args.gpu_steps // 2), device=device, vocab_size=65536,
+                       make_loader=lambda B, T: RandomTokens(B, T, 65536, device),
+                       extra_flags=[f"--compile={args.compile}", "--activation_checkpointing"])
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {rss_mib:.1f} MiB", flush=True)
 

@@ -120,7 +120,8 @@ def compute_init(device_type=None, seed=42):
     """Set up the device and, under torchrun with WORLD_SIZE > 1, the process group (NCCL on CUDA, Gloo otherwise).
 
     Returns (ddp, rank, local_rank, world_size, device). Seeds torch with `seed` (same on every rank: the model
-    initialisation must agree across ranks). On CUDA enables TF32 matmuls and pins the device to LOCAL_RANK.
+    initialisation must agree across ranks). On CUDA enables TF32 matmuls and pins the device to LOCAL_RANK; off
+    CUDA tunes glibc to reuse freed tensor memory (reuse_freed_memory).
     """
     import torch
     import torch.distributed as dist
@@ -142,6 +143,8 @@ def compute_init(device_type=None, seed=42):
     if device_type == "cuda":
         torch.cuda.manual_seed(seed)
         torch.set_float32_matmul_precision("high")
+    else:
+        reuse_freed_memory()
 
     if ddp and device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -163,6 +166,33 @@ def compute_init(device_type=None, seed=42):
     else:
         device = torch.device(device_type)
     return ddp, rank, local_rank, world_size, device
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MALLOC_TUNING_ENV = "NANOCHAT_MALLOC_TUNING"  # 0: leave glibc's defaults
+
+
+def reuse_freed_memory() -> bool:
+    """CPU training: let glibc keep freed tensors' memory for the next step instead of returning it to the kernel.
+
+    By default glibc serves every block over 32 MiB with its own mmap and unmaps it on free, so each step's large
+    tensors (the [B·T, vocab] logits and their gradient, the embedding and lm_head gradients: ~0.5 GiB per step at
+    d4 / vocab 65,536 / T 512) come back as fresh pages: ~130,000 page faults and as many zeroed pages, every step.
+    With the mmap threshold raised to 1 GiB and heap trimming off they come from the heap and are reused: no faults
+    after the first step. The process keeps its peak heap (RSS) until it exits. Linux/glibc only; a no-op (False)
+    elsewhere or when NANOCHAT_MALLOC_TUNING=0.
+    """
+    if os.environ.get(MALLOC_TUNING_ENV, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (e.g. musl)
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) or bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+    return bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)) and ok
 
 
 def compute_cleanup():
@@ -270,3 +300,32 @@ def eval_autocast(device):
     if torch.device(device).type == "cuda":
         return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# When to torch.compile (the model forward and Newton–Schulz): `--compile auto|on|off` of every training stage.
+
+COMPILE_MODES = ("auto", "on", "off")
+# auto compiles off CUDA only from this many optimizer steps on: on a CPU, compiling the model and Newton–Schulz
+# costs minutes of inductor C++ builds, which a short run (unit tests, 20-step benchmarks, the 200-step cpu-demo)
+# never earns back; the eager path is fused by hand (see nanochat/softcap_loss.py, Muon's batched Newton–Schulz).
+COMPILE_AUTO_MIN_STEPS = 2000
+
+
+def resolve_compile(mode, device_type, num_iterations) -> bool:
+    """The compile decision for a run: `on` / `off` as given; `auto` = on for CUDA, on for CPU runs of at least
+    COMPILE_AUTO_MIN_STEPS steps when a C++ compiler is on PATH (inductor needs one there), off otherwise (MPS).
+    NANOCHAT_COMPILE=0 (or NANOCHAT_NO_COMPILE=1) in the environment means off whatever the mode."""
+    import shutil
+
+    if mode not in COMPILE_MODES:
+        raise UsageError(f"--compile={mode!r}: use auto, on or off")
+    if os.environ.get("NANOCHAT_COMPILE", "1") == "0" or os.environ.get("NANOCHAT_NO_COMPILE") == "1":
+        return False
+    if mode != "auto":
+        return mode == "on"
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu" or num_iterations < COMPILE_AUTO_MIN_STEPS:
+        return False
+    return any(shutil.which(name) for name in ("c++", "g++", "clang++"))

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from nanochat.softcap_loss import softcap_cross_entropy
 
 HEAD_DIM = 128          # attention head size of the depth-sized models
 DIM_PER_LAYER = 64      # model width = 64 · depth
@@ -153,6 +156,8 @@ class GPT(nn.Module):
         })
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.rotary_seq_len = config.sequence_len * ROTARY_LENGTH_FACTOR
+        # recompute each block's activations in the backward instead of keeping them (--activation_checkpointing)
+        self.activation_checkpointing = False
         cos, sin = self._rotary_tables(self.rotary_seq_len, config.n_embd // config.n_head)
         # derived from the config, so not saved in checkpoints
         self.register_buffer("cos", cos, persistent=False)
@@ -239,7 +244,7 @@ class GPT(nn.Module):
             adamw = DistAdamW(adam_groups, **adam_kwargs)
             muon = DistMuon(matrix_params, lr=matrix_lr, momentum=0.95)
         else:
-            fused = self.get_device().type == "cuda"
+            fused = self.get_device().type in ("cuda", "cpu")  # one kernel per step instead of ~10 passes (as upstream)
             adamw = torch.optim.AdamW(adam_groups, fused=fused, **adam_kwargs)
             muon = Muon(matrix_params, lr=matrix_lr, momentum=0.95)
         optimizers = [adamw, muon]
@@ -261,10 +266,19 @@ class GPT(nn.Module):
         if x.dtype != self.lm_head.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.lm_head.weight.dtype)  # bf16 embedding (CUDA) used outside autocast
         x = norm(x)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for block in self.transformer.h:
-            x = block(x, cos_sin, kv_cache)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos_sin, use_reentrant=False)
+            else:
+                x = block(x, cos_sin, kv_cache)
         x = norm(x)
-        logits = self.lm_head(x).float()  # bf16 under autocast: softcap and loss in fp32 (as upstream)
+        logits = self.lm_head(x)
+        if targets is not None and not torch.compiler.is_compiling():
+            # eager: one fused op (same value to fp32 rounding); compiled: the plain ops below, fused by inductor
+            return softcap_cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), LOGIT_SOFTCAP,
+                                         ignore_index=-1, reduction=loss_reduction)
+        logits = logits.float()  # bf16 under autocast: softcap and loss in fp32 (as upstream)
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:
             return logits

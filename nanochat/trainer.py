@@ -17,7 +17,8 @@ import torch.distributed as dist
 from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, check_model_tag, check_run_id,
                                  checkpoint_dir, disk_full_error, load_checkpoint, moved_aside_dirs, plan_resume,
                                  read_meta, run_id_from, save_checkpoint, update_meta)
-from nanochat.common import UsageError, compute_mfu, format_mfu, get_dist_info, get_peak_flops, print0
+from nanochat.common import (COMPILE_AUTO_MIN_STEPS, COMPILE_MODES, UsageError, compute_mfu, format_mfu,
+                             get_dist_info, get_peak_flops, print0, resolve_compile)
 from nanochat.optim import get_muon_momentum
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 4  # EXIT_FAILED also = disk full
@@ -117,16 +118,27 @@ def resume_flag(text):
     return None if value == -1 else str(value)
 
 
+def bool_flag(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use 1 or 0)")
+
+
 def add_training_flags(parser, **defaults):
     """Add the flags every training stage shares; keyword arguments override their defaults.
 
     --run, --device_type, --device_batch_size, --max_seq_len, --total_batch_size, --num_iterations, --grad_clip,
-    --save_every, --keep_last, --resume_from_step, --model_tag, --run_id, --eval_every, --eval_tokens, and the hidden
-    --data_lanes (one process reads W data lanes: the single-process twin of a W-rank run).
+    --save_every, --keep_last, --resume_from_step, --model_tag, --run_id, --eval_every, --eval_tokens, --compile,
+    --activation_checkpointing, and the hidden --data_lanes (one process reads W data lanes: the single-process twin
+    of a W-rank run).
     """
     d = dict(run="dummy", device_type="", device_batch_size=32, max_seq_len=2048, total_batch_size=524288,
              num_iterations=-1, grad_clip=1.0, save_every=500, keep_last=3, resume_from_step=None, model_tag=None,
-             eval_every=250, eval_tokens=20 * 524288, data_lanes=1, run_id=None)
+             eval_every=250, eval_tokens=20 * 524288, data_lanes=1, run_id=None, compile="auto",
+             activation_checkpointing=False)
     unknown = set(defaults) - set(d)
     if unknown:
         raise ValueError(f"unknown training flag defaults: {sorted(unknown)}")
@@ -155,6 +167,12 @@ def add_training_flags(parser, **defaults):
                    help="evaluate every N steps (-1: off)")
     p.add_argument("--eval_tokens", type=positive_int, default=d["eval_tokens"], help="tokens per evaluation")
     p.add_argument("--data_lanes", type=positive_int, default=d["data_lanes"], help=argparse.SUPPRESS)
+    p.add_argument("--compile", choices=COMPILE_MODES, default=d["compile"],
+                   help=f"torch.compile the model and Newton-Schulz (auto: on CUDA, and on CPU from "
+                        f"{COMPILE_AUTO_MIN_STEPS} steps)")
+    p.add_argument("--activation_checkpointing", type=bool_flag, nargs="?", const=True,
+                   default=d["activation_checkpointing"],
+                   help="recompute each block's activations in the backward (less memory, ~1/3 more compute)")
     return parser
 
 
@@ -504,9 +522,16 @@ class Trainer:
         self.fault = FaultInjector()
         self.cuda_memory_cap_gib = cuda_memory_cap_gib()  # applied in setup(), on CUDA only
         self.peak_flops = get_peak_flops(self.device)
+        # --compile (docs/CONTRACTS.md): decided from the total steps, so a resumed run keeps its mode (exactness)
+        self.compile = resolve_compile(getattr(args, "compile", "auto"), self.device.type, self.num_iterations)
+        for opt in self.optimizers:  # Newton-Schulz follows the run's mode
+            if hasattr(opt, "compile_newton_schulz"):
+                opt.compile_newton_schulz = self.compile
         if compile_model is None:
-            compile_model = self.device.type == "cuda" and os.environ.get("NANOCHAT_COMPILE", "1") != "0"
+            compile_model = self.compile
         self.forward_model = torch.compile(model, dynamic=False) if compile_model else model
+        if getattr(args, "activation_checkpointing", False):
+            model.activation_checkpointing = True
 
         self.state = LoopState()
         self.step = 0
@@ -778,14 +803,15 @@ class Trainer:
             if not is_oom_error(exc):
                 raise
             oom = _one_line(exc)  # keep the text only: the traceback would pin the activations in memory
-        flags = torch.tensor([1.0 if oom is not None else 0.0, 1.0 if self.stop_requested() else 0.0],
-                             device=self.device)
-        if self.ddp:
+        oom_any, stop_any = oom is not None, self.stop_requested()
+        if self.ddp:  # the ranks agree (a host sync, under DDP only: a single process decides in Python)
+            flags = torch.tensor([float(oom_any), float(stop_any)], device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if flags[0].item() > 0 or (flags[1].item() > 0 and (stop or self.ddp)):
+            oom_any, stop_any = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+        if oom_any or (stop_any and (stop or self.ddp)):
             model.zero_grad(set_to_none=True)
             del loss_sum
-            if flags[0].item() > 0:
+            if oom_any:
                 raise _OutOfMemory(oom if oom is not None else "CUDA out of memory on another rank")
             raise _Stopped()
 
@@ -797,7 +823,6 @@ class Trainer:
                 for p in params:
                     dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                     p.grad.div_(self.world_size)
-        train_loss = stats[0].item() / self.world_size
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         lrm = self.lr_multiplier(step)
@@ -819,7 +844,8 @@ class Trainer:
         self._phase = "stepped"
         self._sync()
         dt = time.perf_counter() - t0
-        return train_loss, lrm, dt, int(stats[1].item()), int(stats[2].item())
+        train_loss, tokens, target_tokens = stats.tolist()  # read back after the step: no host sync inside it
+        return train_loss / self.world_size, lrm, dt, int(tokens), int(target_tokens)
 
     def _log_step(self, step, train_loss, lrm, dt, tokens, target_tokens):
         st = self.state
