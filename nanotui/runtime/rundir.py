@@ -333,7 +333,8 @@ class RunDir:
 
     def status_summary(self) -> dict:
         """The compact status `nanotui status --json` prints (also handy for the TUI's run list)."""
-        st = self.read_state()
+        corrupt = self.state_problem()   # validates state.json once; read_state() then cannot fail
+        st = self.read_state() if not corrupt else RunState.initial(self.run_id, self._plan_stages()).to_json()
         try:
             plan = self.read_plan()
         except RunNotFound:
@@ -341,8 +342,8 @@ class RunDir:
         alive = self.supervisor_alive()
         phase = st.get("phase") or "starting"
         state = {"starting": "running"}.get(phase, phase)
-        problem = self.state_problem() or st.get("problem")
-        if self.state_problem() and not alive:
+        problem = corrupt or st.get("problem")
+        if corrupt and not alive:
             state = "corrupt"
         elif state in ("running", "waiting") and not alive:
             from nanotui.runtime.procs import pid_matches  # local: procs imports psutil
