@@ -4,7 +4,7 @@
 
 GITDIR is a git snapshot of karpathy/nanochat (upstream is exported with `git archive` and run, never copied); PY a
 python with torch, tiktoken, rustbpe, wandb and psutil (e.g. the shared bench's upstream venv). One random d4 model
-(vocab 2,048, our tokenizer: its tiktoken encoding is handed to upstream as tokenizer.pkl) is the "mid" checkpoint
+(our tokenizer, at most 2,048 tokens trained on the conversations: its tiktoken encoding is handed to upstream as tokenizer.pkl) is the "mid" checkpoint
 both start from. The SFT mixture has upstream's seven slots (ARC-E, ARC-C, GSM8K, SmolTalk, identity, SimpleSpelling,
 SpellingBee) filled with offline conversations of the same kinds (one-letter multiple-choice answers, tool calls,
 chat, spelling); upstream's hub tasks are replaced by list-backed stand-ins, its in-training MMLU/ARC accuracy
