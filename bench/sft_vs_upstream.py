@@ -5,8 +5,8 @@
 GITDIR is a git snapshot of karpathy/nanochat (upstream is exported with `git archive` and run, never copied); PY a
 python with torch, tiktoken, rustbpe, wandb and psutil (e.g. the shared bench's upstream venv). One random d4 model
 is the "mid" checkpoint both start from, with our tokenizer (at most 2,048 tokens, trained on the conversations; its
-tiktoken encoding is handed to upstream as tokenizer.pkl). The SFT mixture has upstream's seven slots (ARC-E, ARC-C, GSM8K, SmolTalk, identity, SimpleSpelling,
-SpellingBee) filled with offline conversations of the same kinds (one-letter multiple-choice answers, tool calls,
+tiktoken encoding is handed to upstream as tokenizer.pkl). The SFT mixture has upstream's seven slots (ARC-E,
+ARC-C, GSM8K, SmolTalk, identity, SimpleSpelling, SpellingBee) filled with offline conversations of the same kinds (one-letter multiple-choice answers, tool calls,
 chat, spelling); upstream's hub tasks are replaced by list-backed stand-ins, its in-training MMLU/ARC accuracy
 evaluation by a stub. Device batch 4, 8 conversations per step (2 micro-batches: the loss weighting matters), CPU,
 fp32. Three runs: upstream; ours; ours at B=4 until half way, then resumed at B=2 (an OOM fallback). Prints the
