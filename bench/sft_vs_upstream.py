@@ -3,15 +3,15 @@
     python bench/sft_vs_upstream.py --mirror GITDIR --upstream_python PY [--steps 30] [--work DIR]
 
 GITDIR is a git snapshot of karpathy/nanochat (upstream is exported with `git archive` and run, never copied); PY a
-python with torch, tiktoken, rustbpe, wandb and psutil (e.g. the shared bench's upstream venv). One random d4 model
-(vocab 2,048, our tokenizer: its tiktoken encoding is handed to upstream as tokenizer.pkl) is the "mid" checkpoint
-both start from. The SFT mixture has upstream's seven slots (ARC-E, ARC-C, GSM8K, SmolTalk, identity, SimpleSpelling,
-SpellingBee) filled with offline conversations of the same kinds (one-letter multiple-choice answers, tool calls,
-chat, spelling); upstream's hub tasks are replaced by list-backed stand-ins, its in-training MMLU/ARC accuracy
-evaluation by a stub. Device batch 4, 8 conversations per step (2 micro-batches: the loss weighting matters), CPU,
-fp32. Three runs: upstream; ours; ours at B=4 until half way, then resumed at B=2 (an OOM fallback). Prints the
-validation-loss series, the per-step target-token counts (equal = the same data in the same order), and, last,
-`sft fidelity ours/upstream val loss at step STEPS/2 = R` (upstream trains
+python with torch, tiktoken, rustbpe, wandb and psutil (e.g. the shared bench's upstream venv). One random d4 model is
+the "mid" checkpoint both start from, with our tokenizer (at most 2,048 tokens, trained on the conversations; its
+tiktoken encoding is handed to upstream as tokenizer.pkl). The SFT mixture has upstream's seven slots (ARC-E, ARC-C,
+GSM8K, SmolTalk, identity, SimpleSpelling, SpellingBee) filled with offline conversations of the same kinds
+(one-letter multiple-choice answers, tool calls, chat, spelling); upstream's hub tasks are replaced by list-backed
+stand-ins, its in-training MMLU/ARC accuracy evaluation by a stub. Device batch 4, 8 conversations per step (2
+micro-batches: the loss weighting matters), CPU, fp32. Three runs: upstream; ours; ours at B=4 until half way, then
+resumed at B=2 (an OOM fallback). Prints the validation-loss series, the per-step target-token counts (equal = the
+same data in the same order), and, last, `sft fidelity ours/upstream val loss at step STEPS/2 = R` (upstream trains
 num_iterations - 1 steps, so the final points differ by one step and are not compared).
 """
 import argparse

@@ -307,8 +307,9 @@ def eval_autocast(device):
 
 COMPILE_MODES = ("auto", "on", "off")
 # auto compiles off CUDA only from this many optimizer steps on: on a CPU, compiling the model and Newton–Schulz
-# costs minutes of inductor C++ builds, which a short run (unit tests, 20-step benchmarks, the 200-step cpu-demo)
-# never earns back; the eager path is fused by hand (see nanochat/softcap_loss.py, Muon's batched Newton–Schulz).
+# costs minutes of inductor C++ builds, which short runs (unit tests, 20-step benchmarks) never earn back; the eager
+# path is fused by hand (nanochat/softcap_loss.py, Muon's batched Newton–Schulz). An estimate: small models on a busy
+# CPU (the cpu-demo's d2) gain more per step from compiling and can pay it back sooner (--compile=on).
 COMPILE_AUTO_MIN_STEPS = 2000
 
 
