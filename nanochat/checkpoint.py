@@ -309,18 +309,7 @@ def plan_resume(ckpt_dir: str, requested, run_id=None) -> ResumePlan:
         if step is not None and run_id is None:
             rid, continued = lineages.get(step), True
     else:
-        try:
-            step = int(requested)
-        except ValueError:
-            raise UsageError(f"--resume_from_step must be a step number or 'latest', got {requested!r}")
-        if step < 0:
-            raise UsageError(f"--resume_from_step must be a step number >= 0 or 'latest', got {requested!r}")
-        try:
-            validate_step(ckpt_dir, step)
-        except CheckpointError as exc:
-            valid = list_valid_steps(ckpt_dir)
-            choices = ", ".join(str(s) for s in valid) if valid else "none"
-            raise UsageError(f"cannot resume from step {step} in {ckpt_dir}: {exc}; valid steps: {choices}")
+        step = _named_valid_step(ckpt_dir, requested)
         owner = lineages.get(step)
         if run_id is not None and owner != run_id:
             whose = f"run {owner}" if owner else "no run (its meta has no run id)"
@@ -705,6 +694,11 @@ def resolve_resume_step(ckpt_dir: str, requested):
         return None
     if str(requested) == "latest":
         return find_latest_step(ckpt_dir)
+    return _named_valid_step(ckpt_dir, requested)
+
+
+def _named_valid_step(ckpt_dir: str, requested) -> int:
+    """`--resume_from_step=S` as a committed, valid step of ckpt_dir, else UsageError naming the valid ones."""
     try:
         step = int(requested)
     except ValueError:
