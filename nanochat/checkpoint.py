@@ -198,13 +198,7 @@ def list_valid_steps(ckpt_dir: str, report: bool = False) -> list:
 
 def find_latest_step(ckpt_dir: str):
     """Newest valid step, or None. Invalid newer steps are skipped with a one-line message on stderr."""
-    for step in reversed(_steps_with_meta(ckpt_dir)):
-        try:
-            validate_step(ckpt_dir, step)
-            return step
-        except CheckpointError as exc:
-            print(f"skipping checkpoint step {step} in {ckpt_dir}: {exc}", file=sys.stderr, flush=True)
-    return None
+    return _newest_valid(ckpt_dir, _steps_with_meta(ckpt_dir))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
