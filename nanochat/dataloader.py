@@ -114,6 +114,11 @@ class _Lane:
                 seg[3] = seg[3][n:]
                 n = 0
 
+    def skip(self, consume, peek=1):
+        """Use up `consume` tokens exactly as take() would, without building the tensor."""
+        self._fill(consume + peek)
+        self._advance(consume)
+
     def take(self, consume, peek=1):
         """The next consume+peek tokens; only `consume` of them are used up."""
         self._fill(consume + peek)
@@ -182,6 +187,15 @@ class DataLoader:
         x = tokens[:-1].view(self.B, self.T)
         y = tokens[1:].clone().view(self.B, self.T)
         return x.to(self.device), y.to(self.device)
+
+    def skip_batches(self, count):
+        """Advance the position exactly as `count` next_batch() calls would (a rollback's data skip), without
+        building or moving tensors."""
+        for _ in range(count):
+            lane = self.lanes[self.micro_step % len(self.lanes)]
+            self.micro_step += 1
+            self.last_lane = lane
+            lane.skip(self.B * self.T, 1)
 
     def __iter__(self):
         while True:

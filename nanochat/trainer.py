@@ -10,7 +10,7 @@ import secrets
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -20,7 +20,9 @@ from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, ch
                                  save_checkpoint, update_meta)
 from nanochat.common import UsageError, compute_mfu, get_dist_info, get_peak_flops, print0, resolve_compile
 from nanochat.optim import get_muon_momentum
+from nanochat.training.dataskip import effective_skips, parse_data_skip, skip_micro_batches
 from nanochat.training.faults import FAULT_OOM_ENV, FAULT_OOM_STEP_ENV, FaultInjector
+from nanochat.training.guard import EXIT_DIVERGED, Diverged, DivergenceGuard, divergence_line
 from nanochat.training.flags import (FlagParser, add_training_flags, bool_flag, compute_grad_accum,
                                      device_batch_size_flag, float_flag, int_or_disabled, nonnegative_float,
                                      nonnegative_int, positive_int, resume_flag, valid_device_batch_sizes)
@@ -33,7 +35,7 @@ from nanochat.training.signals import StopSignals, Stopped
 from nanochat.training.wandb_run import DummyWandb, start_wandb
 
 # what stage scripts, the batch probe, benchmarks and tests import from nanochat.trainer
-__all__ = ["CUDA_MEMORY_CAP_ENV", "EMA_BETA", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "EXIT_STOPPED", "EXIT_USAGE",
+__all__ = ["CUDA_MEMORY_CAP_ENV", "EMA_BETA", "EXIT_FAILED", "EXIT_DIVERGED", "EXIT_OK", "EXIT_OOM", "EXIT_STOPPED", "EXIT_USAGE",
            "FAULT_OOM_ENV", "FAULT_OOM_STEP_ENV", "FaultInjector", "FlagParser", "LoopState", "StepHook", "StopSignals",
            "Trainer", "add_training_flags", "bool_flag", "capture_rng", "compute_grad_accum", "cuda_memory_cap_gib",
            "cuda_memory_fraction", "device_batch_size_flag", "exit_3_on_startup_oom", "float_flag", "int_or_disabled",
@@ -41,6 +43,7 @@ __all__ = ["CUDA_MEMORY_CAP_ENV", "EMA_BETA", "EXIT_FAILED", "EXIT_OK", "EXIT_OO
            "resume_flag", "valid_device_batch_sizes"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 4  # EXIT_FAILED also = disk full
+# EXIT_DIVERGED = 5 (nanochat/training/guard.py): a non-finite or spiking loss; nothing saved, nothing applied
 EMA_BETA = 0.9
 
 
@@ -60,6 +63,8 @@ class LoopState:
     min_val_bpb: float = float("inf")
     last_val_bpb: float = None
     total_training_time: float = 0.0    # seconds, steps after the 10th only (as upstream)
+    recent_losses: list = field(default_factory=list)  # the divergence guard's window of step losses
+    data_steps_skipped: int = 0         # steps of data discarded by --data_skip so far (data step - step)
 
     def to_json(self):
         data = asdict(self)
@@ -72,8 +77,8 @@ class LoopState:
         data = dict(data or {})
         if data.get("min_val_bpb") is None:
             data["min_val_bpb"] = float("inf")
-        known = {k: data[k] for k in ("smooth_train_loss", "min_val_bpb", "last_val_bpb", "total_training_time")
-                 if k in data}
+        known = {k: data[k] for k in ("smooth_train_loss", "min_val_bpb", "last_val_bpb", "total_training_time",
+                                      "recent_losses", "data_steps_skipped") if k in data}
         return cls(**known)
 
 
@@ -83,6 +88,14 @@ def _all_gather_json(obj, world_size):
     out = [None] * world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def _grad_norm(params, device):
+    """The global L2 norm of the gradients, on the device (the divergence guard's check when nothing clips)."""
+    if not params:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = torch._foreach_norm([p.grad for p in params])
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -139,6 +152,10 @@ class Trainer:
         self.grad_clip = getattr(args, "grad_clip", 1.0) or 0.0
         self.ckpt_dir = checkpoint_dir(stage, model_tag)
         self.fault = FaultInjector()
+        self.guard = DivergenceGuard(getattr(args, "divergence_guard", True), getattr(args, "spike_rtol", 0.0),
+                                     getattr(args, "spike_window", 1), getattr(args, "spike_warmup", 0))
+        self.data_skip_flag = parse_data_skip(getattr(args, "data_skip", ""))
+        self.data_skip = dict(self.data_skip_flag)  # step -> steps of data to discard when it starts
         self.cuda_memory_cap_gib = cuda_memory_cap_gib()  # applied in setup(), on CUDA only
         self.peak_flops = get_peak_flops(self.device)
         # --compile (docs/CONTRACTS.md): decided from the total steps, so a resumed run keeps its mode (exactness)
@@ -289,6 +306,7 @@ class Trainer:
                              f"({' '.join(str(exc).split())[:200]})")
         del optim_states
         self.state = LoopState.from_json(meta.get("loop_state"))
+        self.data_skip = effective_skips(self.data_skip_flag, meta.get("data_skip"), step)
         self.current_val_bpb = meta.get("val_bpb")
         rng = (meta.get("rng") or [None] * self.world_size)
         restore_rng(rng[self.rank] if self.rank < len(rng) else None, self.device)
@@ -338,6 +356,7 @@ class Trainer:
             "data_lanes": self.lanes, "val_bpb": None, "evals_done": False, "reason": reason,
             "loop_state": self.state.to_json(), "loader_states": loader_states, "rng": rng_states,
             "wandb_run_id": self.wandb_run_id, "run_id": self.run_id,
+            "data_skip": {str(s): n for s, n in sorted(self.data_skip.items()) if s < step},  # the ones applied
         })
         return meta
 
@@ -389,6 +408,11 @@ class Trainer:
         self._snapshot = (step, self._loader_state(), capture_rng(self.device))
         self._sync()
         t0 = time.perf_counter()
+        skip = self.data_skip.get(step, 0)
+        if skip:  # a rollback's cure (--data_skip): after the snapshot, so a checkpoint of `step` precedes it
+            print0(f"Data skip: step {step} discards the data of {skip} steps ({skip * accum} micro-batches)")
+            skip_micro_batches(self.loader, skip * accum)
+        data_step = step + self.state.data_steps_skipped + skip
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         tokens = torch.zeros((), dtype=torch.float64, device=self.device)
         target_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -403,6 +427,8 @@ class Trainer:
                 batch = self._next_batch()
                 self.fault.check(batch[0].size(0), step)
                 loss = self.hook.micro_loss(self, batch)
+                if self.fault.corrupts:
+                    loss = self.fault.corrupt_loss(loss, data_step)
                 loss_sum += loss.detach().float()
                 tokens += batch[0].numel()
                 if self.hook.count_targets:
@@ -426,7 +452,9 @@ class Trainer:
             raise Stopped()
 
         params = [p for p in model.parameters() if p.grad is not None]
-        stats = torch.stack([loss_sum, tokens.float(), target_tokens.float()])
+        guard = self.guard.enabled
+        local_norm = [_grad_norm(params, self.device)] if guard and not self.grad_clip > 0 else []  # summed over ranks: finite
+        stats = torch.stack([loss_sum, tokens.float(), target_tokens.float(), *local_norm])  # ... iff all are
         if self.ddp:
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
             if self.grad_clip > 0:  # clip the global gradient, exactly as a single process would
@@ -434,7 +462,17 @@ class Trainer:
                     dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                     p.grad.div_(self.world_size)
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            if guard:
+                stats = torch.cat([stats, norm.detach().float().reshape(1)])
+        host = None
+        if guard:  # the step's one read-back, before the update: a diverged step is never applied
+            self._phase = "guard"
+            host = stats.tolist()
+            verdict = self.guard.verdict(step, host[0] / self.world_size, host[3], self.state.recent_losses)
+            if verdict is not None:
+                model.zero_grad(set_to_none=True)
+                raise Diverged(step, *verdict)
         lrm = self.lr_multiplier(step)
         for opt in self.optimizers:
             for group in opt.param_groups:
@@ -454,7 +492,12 @@ class Trainer:
         self._phase = "stepped"
         self._sync()
         dt = time.perf_counter() - t0
-        train_loss, tokens, target_tokens = stats.tolist()  # read back after the step: no host sync inside it
+        if host is None:
+            host = stats.tolist()  # read back after the step: no host sync inside it
+        train_loss, tokens, target_tokens = host[:3]
+        self.state.data_steps_skipped += skip
+        if guard:
+            self.state.recent_losses = self.guard.remember(self.state.recent_losses, train_loss / self.world_size)
         return train_loss / self.world_size, lrm, dt, int(tokens), int(target_tokens)
 
     def _log_step(self, step, train_loss, lrm, dt, tokens, target_tokens):
@@ -500,7 +543,8 @@ class Trainer:
                                                        self.device)
 
     def run(self) -> int:
-        """Train to num_iterations. Returns EXIT_OK, EXIT_OOM (after an emergency checkpoint) or EXIT_STOPPED."""
+        """Train to num_iterations. Returns EXIT_OK, EXIT_OOM (after an emergency checkpoint), EXIT_STOPPED or
+        EXIT_DIVERGED (nothing saved)."""
         with StopSignals() as self.signals:
             try:
                 outcome = None
@@ -512,17 +556,21 @@ class Trainer:
                     outcome = ("oom", exc.message, True)
                 except Stopped:
                     outcome = ("stop", None, True)
+                except Diverged as exc:  # keep the facts only: the traceback would pin the step's tensors
+                    outcome = ("diverged", (exc.step, exc.kind, exc.detail), True)
                 except _DiskFull:
                     raise
                 except Exception as exc:
                     if not is_oom_error(exc):
                         raise
-                    # weights and optimizer state are intact before the optimizer step ("fwdbwd": the gradient
+                    # weights and optimizer state are intact before the optimizer step ("fwdbwd", "guard": the gradient
                     # reduction and clipping after the micro-steps) and between steps; not during or right after it
-                    consistent = self._phase in ("boundary", "eval", "fwdbwd") and not self.ddp
+                    consistent = self._phase in ("boundary", "eval", "fwdbwd", "guard") and not self.ddp
                     outcome = ("oom", one_line(exc), consistent)
                 # handled outside the except clauses: the failed frames (and their GPU tensors) are released now
                 kind, message, consistent = outcome
+                if kind == "diverged":
+                    return self._on_divergence(message)
                 if kind == "oom":
                     return self._on_oom(message, consistent=consistent)
                 return self._on_stop()
@@ -606,6 +654,13 @@ class Trainer:
         print0(f"OOM: CUDA out of memory at device_batch_size={self.B}, step {step + 1}; {where}")
         print(f"torch.OutOfMemoryError: {message}", file=sys.stderr, flush=True)
         return EXIT_OOM
+
+    def _on_divergence(self, facts):
+        """A diverged step (not applied): nothing is saved, so the last good checkpoint stays; one line, exit 5."""
+        self._free_memory()
+        step, kind, detail = facts
+        print0(divergence_line(step, kind, detail, self.last_saved_step))
+        return EXIT_DIVERGED
 
     def _on_disk_full(self, message):
         """ENOSPC/EDQUOT while checkpointing: the save removed its own files, older steps stay valid; one line, exit 1."""

@@ -1,4 +1,4 @@
-"""Fault injection from environment variables, so the failure paths (OOM) run on any machine."""
+"""Fault injection from environment variables, so the failure paths (OOM, divergence) run on any machine."""
 import os
 
 import torch
@@ -7,6 +7,9 @@ from nanochat.common import UsageError
 
 FAULT_OOM_ENV = "NANOCHAT_FAULT_OOM_ABOVE_BS"        # raise torch.OutOfMemoryError in forward when B > K
 FAULT_OOM_STEP_ENV = "NANOCHAT_FAULT_OOM_FROM_STEP"  # ... but only from this step on (default 0)
+FAULT_NAN_ENV = "NANOCHAT_FAULT_NAN_AT_STEP"        # the data of step S (uninterrupted run) gives a NaN loss
+FAULT_SPIKE_ENV = "NANOCHAT_FAULT_SPIKE_AT_STEP"    # ... a finite loss SPIKE_FACTOR times too large
+SPIKE_FACTOR = 10.0
 
 
 def _env_nonneg_int(name):
@@ -24,11 +27,27 @@ def _env_nonneg_int(name):
 
 class FaultInjector:
     """NANOCHAT_FAULT_OOM_ABOVE_BS=K: forward passes with more than K rows raise a real torch.OutOfMemoryError
-    (from step NANOCHAT_FAULT_OOM_FROM_STEP on, default 0), so the OOM path runs on any machine."""
+    (from step NANOCHAT_FAULT_OOM_FROM_STEP on, default 0), so the OOM path runs on any machine.
+
+    NANOCHAT_FAULT_NAN_AT_STEP=S / NANOCHAT_FAULT_SPIKE_AT_STEP=S: the micro-batches of data step S (the batches
+    optimizer step S consumes in an uninterrupted run; after a data skip the data step runs ahead of the optimizer
+    step) give a NaN loss / a loss SPIKE_FACTOR times too large, so skipping that data cures the run."""
 
     def __init__(self):
         self.above_bs = _env_nonneg_int(FAULT_OOM_ENV)
         self.from_step = _env_nonneg_int(FAULT_OOM_STEP_ENV) or 0
+        self.nan_at = _env_nonneg_int(FAULT_NAN_ENV)
+        self.spike_at = _env_nonneg_int(FAULT_SPIKE_ENV)
+        self.corrupts = self.nan_at is not None or self.spike_at is not None
+
+    def corrupt_loss(self, loss, data_step: int):
+        """The micro-batch loss as the injected fault makes it for the data of `data_step` (a graph op: the
+        gradient follows)."""
+        if data_step == self.nan_at:
+            return loss * float("nan")
+        if data_step == self.spike_at:
+            return loss * SPIKE_FACTOR
+        return loss
 
     def check(self, batch_rows: int, step: int):
         if self.above_bs is not None and batch_rows > self.above_bs and step >= self.from_step:

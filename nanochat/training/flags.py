@@ -5,6 +5,8 @@ import sys
 
 from nanochat.checkpoint import check_model_tag, check_run_id
 from nanochat.common import COMPILE_AUTO_MIN_STEPS, COMPILE_MODES, UsageError
+from nanochat.training.dataskip import parse_data_skip
+from nanochat.training.guard import DEFAULT_SPIKE_RTOL, DEFAULT_SPIKE_WARMUP, DEFAULT_SPIKE_WINDOW
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -108,13 +110,15 @@ def add_training_flags(parser, **defaults):
 
     --run, --device_type, --device_batch_size, --max_seq_len, --total_batch_size, --num_iterations, --grad_clip,
     --save_every, --keep_last, --resume_from_step, --model_tag, --run_id, --eval_every, --eval_tokens, --compile,
-    --activation_checkpointing, and the hidden --data_lanes (one process reads W data lanes: the single-process twin
-    of a W-rank run).
+    --activation_checkpointing, the divergence guard's --divergence_guard, --spike_rtol, --spike_window,
+    --spike_warmup and --data_skip, and the hidden --data_lanes (one process reads W data lanes: the single-process
+    twin of a W-rank run).
     """
     d = dict(run="dummy", device_type="", device_batch_size=32, max_seq_len=2048, total_batch_size=524288,
              num_iterations=-1, grad_clip=1.0, save_every=500, keep_last=3, resume_from_step=None, model_tag=None,
              eval_every=250, eval_tokens=20 * 524288, data_lanes=1, run_id=None, compile="auto",
-             activation_checkpointing=False)
+             activation_checkpointing=False, divergence_guard=True, spike_rtol=DEFAULT_SPIKE_RTOL,
+             spike_window=DEFAULT_SPIKE_WINDOW, spike_warmup=DEFAULT_SPIKE_WARMUP, data_skip="")
     unknown = set(defaults) - set(d)
     if unknown:
         raise ValueError(f"unknown training flag defaults: {sorted(unknown)}")
@@ -149,7 +153,25 @@ def add_training_flags(parser, **defaults):
     p.add_argument("--activation_checkpointing", type=bool_flag, nargs="?", const=True,
                    default=d["activation_checkpointing"],
                    help="recompute each block's activations in the backward (less memory, ~1/3 more compute)")
+    p.add_argument("--divergence_guard", type=bool_flag, nargs="?", const=True, default=d["divergence_guard"],
+                   help="end the stage (exit 5) on a non-finite loss/gradient or a loss spike, before the update")
+    p.add_argument("--spike_rtol", type=nonnegative_float, default=d["spike_rtol"],
+                   help="a loss above RTOL x the median of the last --spike_window steps is a spike (0: off)")
+    p.add_argument("--spike_window", type=positive_int, default=d["spike_window"],
+                   help="steps in the spike rule's rolling median")
+    p.add_argument("--spike_warmup", type=nonnegative_int, default=d["spike_warmup"],
+                   help="no spike verdict before this step")
+    p.add_argument("--data_skip", type=data_skip_flag, default=d["data_skip"],
+                   help="STEP:COUNT[,...]: when STEP starts, discard COUNT steps of data first (set by rollbacks)")
     return parser
+
+
+def data_skip_flag(text):
+    try:
+        parse_data_skip(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1])
+    return str(text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

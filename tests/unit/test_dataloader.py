@@ -186,3 +186,16 @@ def test_cuda_batches_equal_cpu_batches(corpus):
     gpu = _take(DataLoader(tok, 4, 64, device="cuda", data_dir=data_dir), 5)
     assert all(x.is_cuda and y.is_cuda for x, y in gpu)
     _assert_same(cpu, [(x.cpu(), y.cpu()) for x, y in gpu])
+
+
+def test_skip_batches_lands_where_reading_them_would_also_with_lanes(corpus):
+    """A rollback's data skip: skip_batches(n) leaves the position (and the next batch) of n next_batch() calls."""
+    tok, data_dir = corpus
+    for lanes in (None, [0, 1]):
+        world = 2 if lanes else 1
+        read = DataLoader(tok, 2, 24, world_size=world, lanes=lanes, data_dir=data_dir)
+        skipped = DataLoader(tok, 2, 24, world_size=world, lanes=lanes, data_dir=data_dir)
+        _take(read, 7)
+        skipped.skip_batches(7)
+        assert skipped.state_dict() == read.state_dict()
+        _assert_same([skipped.next_batch()], [read.next_batch()])

@@ -210,10 +210,12 @@ def test_trainer_compile_flag_sets_model_and_newton_schulz(base_dir, monkeypatch
 
 # ---- no host syncs inside a step -------------------------------------------------------------------------------------
 
-def test_no_host_sync_between_the_first_forward_and_the_end_of_the_optimizer_step(base_dir, monkeypatch):
+@pytest.mark.parametrize("guard", [False, True])
+def test_no_host_sync_between_the_first_forward_and_the_end_of_the_optimizer_step(base_dir, monkeypatch, guard):
     """`.item()`, `.tolist()`, `.cpu()` and friends block on the GPU; inside the step (phases fwdbwd and optim)
-    there must be none: the loss and token counts are read once, after the step's closing device sync."""
-    trainer = make_trainer(["--num_iterations=3"])
+    there must be none: the loss and token counts are read once, after the step's closing device sync, or, with the
+    divergence guard on, once before the optimizer step (phase guard) and not again."""
+    trainer = make_trainer(["--num_iterations=3", f"--divergence_guard={int(guard)}"])
     seen = []
     for name in ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"):
         real = getattr(torch.Tensor, name)
@@ -225,7 +227,10 @@ def test_no_host_sync_between_the_first_forward_and_the_end_of_the_optimizer_ste
     assert trainer.run() == 0
     inside = [(phase, name) for phase, name in seen if phase in ("fwdbwd", "optim")]
     assert inside == []
-    assert ("stepped", "tolist") in seen  # the one read-back per step, after it
+    if guard:  # the one read-back per step, before the update
+        assert seen.count(("guard", "tolist")) == 3 and ("stepped", "tolist") not in seen
+    else:      # the one read-back per step, after it
+        assert seen.count(("stepped", "tolist")) == 3 and ("guard", "tolist") not in seen
 
 
 # ---- activation checkpointing --------------------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""The trainer's divergence guard: verdicts, the NaN/spike fault injectors, a diverged step is never applied
+(exit 5, one trailer line), the data skip list (format, resume rule, loader fallback) and skipping cures a fault."""
+import math
+
+import pytest
+import torch
+
+from nanochat.common import UsageError
+from nanochat.training.dataskip import effective_skips, format_data_skip, parse_data_skip, skip_micro_batches
+from nanochat.training.guard import EXIT_DIVERGED, DivergenceGuard, divergence_line
+
+from test_speed import RandomLoader, make_trainer  # noqa: E402  (tests/unit is on sys.path under pytest)
+
+
+# ---- verdicts ----------------------------------------------------------------------------------------------------
+
+def test_verdicts_nonfinite_spike_warmup_window_and_off():
+    g = DivergenceGuard(True, rtol=2.0, window=3, warmup=5)
+    assert g.verdict(0, float("nan"), 1.0, [])[0] == "nonfinite"
+    assert g.verdict(0, 3.0, float("inf"), [])[0] == "nonfinite"
+    assert g.verdict(9, 3.0, None, [1.0, 1.0, 1.0]) == ("spike", "loss 3.000000 > 2 x median 1.000000 of the last 3 "
+                                                                 "steps")
+    assert g.verdict(9, 1.9, 1.0, [1.0, 1.0, 1.0]) is None
+    assert g.verdict(4, 3.0, 1.0, [1.0, 1.0, 1.0]) is None          # warm-up
+    assert g.verdict(9, 3.0, 1.0, [1.0, 1.0]) is None               # window not full yet
+    assert g.remember([1.0, 2.0, 3.0], 4.0) == [2.0, 3.0, 4.0]
+    off = DivergenceGuard(False)
+    assert off.verdict(9, float("nan"), float("nan"), []) is None
+    no_spikes = DivergenceGuard(True, rtol=0.0, window=3, warmup=0)
+    assert no_spikes.verdict(9, 100.0, 1.0, [1.0] * 3) is None and no_spikes.remember([], 1.0) == []
+    assert no_spikes.verdict(9, float("nan"), 1.0, []) is not None
+
+
+def test_divergence_line_names_the_onset_step_and_the_kept_checkpoint():
+    assert divergence_line(50, "nonfinite", "loss nan", 40) == \
+        "Divergence: non-finite loss at step 50 (loss nan); update not applied; last checkpoint: step 000040"
+    assert divergence_line(3, "spike", "x", None).endswith("last checkpoint: none")
+
+
+# ---- the skip list -----------------------------------------------------------------------------------------------
+
+def test_data_skip_format_and_the_resume_rule():
+    assert parse_data_skip("40:16, 60:5") == {40: 16, 60: 5} and parse_data_skip("") == {}
+    assert parse_data_skip("40:1,40:2") == {40: 3}
+    assert format_data_skip({60: 5, 40: 16}) == "40:16,60:5"
+    for bad in ("40", "a:b", "40:0", "-1:3"):
+        with pytest.raises(UsageError, match="STEP:COUNT"):
+            parse_data_skip(bad)
+    # resuming from step 60: the checkpoint's applied history before 60, the flag from 60 on
+    assert effective_skips({40: 99, 60: 2, 70: 1}, {"40": 16, "20": 1}, 60) == {20: 1, 40: 16, 60: 2, 70: 1}
+
+
+def test_skip_micro_batches_reads_through_a_loader_without_skip_batches():
+    loader = RandomLoader(2, 4)
+    skip_micro_batches(loader, 5)
+    assert loader.pos == 5
+    skip_micro_batches(loader, 0)
+    assert loader.pos == 5
+
+
+# ---- the trainer -------------------------------------------------------------------------------------------------
+
+def weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_nan_fault_ends_the_stage_with_exit_5_and_the_update_is_not_applied(base_dir, monkeypatch, capsys):
+    ref = make_trainer(["--num_iterations=3"])
+    assert ref.run() == 0                                   # the weights after steps 0..2
+    monkeypatch.setenv("NANOCHAT_FAULT_NAN_AT_STEP", "3")
+    t = make_trainer(["--num_iterations=6"])
+    assert t.run() == EXIT_DIVERGED
+    out = capsys.readouterr().out
+    assert "Divergence: non-finite loss at step 3 (loss nan); update not applied; last checkpoint: none" in out
+    got, want = weights(t), weights(ref)
+    assert all(torch.isfinite(v).all() for v in got.values())
+    assert all(torch.equal(got[k], want[k]) for k in want)  # step 3 never touched the weights
+
+
+def test_without_the_guard_the_nan_update_is_applied(base_dir, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_FAULT_NAN_AT_STEP", "1")
+    t = make_trainer(["--num_iterations=3", "--divergence_guard=0"])
+    assert t.run() == 0
+    assert not all(torch.isfinite(v).all() for v in weights(t).values())
+
+
+def test_spike_fault_is_a_spike_after_the_warm_up(base_dir, monkeypatch, capsys):
+    monkeypatch.setenv("NANOCHAT_FAULT_SPIKE_AT_STEP", "4")
+    t = make_trainer(["--num_iterations=8", "--spike_window=3", "--spike_warmup=3"])
+    assert t.run() == EXIT_DIVERGED
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Divergence:")]
+    assert len(line) == 1 and line[0].startswith("Divergence: loss spike at step 4 (loss ")
+    assert len(t.state.recent_losses) == 3 and all(math.isfinite(x) for x in t.state.recent_losses)
+    monkeypatch.setenv("NANOCHAT_FAULT_SPIKE_AT_STEP", "2")        # inside the warm-up: not a verdict
+    assert make_trainer(["--num_iterations=4", "--spike_window=3", "--spike_warmup=3"]).run() == 0
+
+
+def test_skipping_the_faulty_data_cures_the_run_and_shifts_the_data_steps(base_dir, monkeypatch, capsys):
+    monkeypatch.setenv("NANOCHAT_FAULT_NAN_AT_STEP", "3")
+    t = make_trainer(["--num_iterations=6", "--data_skip=2:2"])    # step 2 first discards the data of steps 2, 3
+    assert t.run() == 0
+    assert "Data skip: step 2 discards the data of 2 steps (4 micro-batches)" in capsys.readouterr().out
+    accum = t.grad_accum_steps
+    assert accum == 2 and t.loader.pos == (6 + 2) * accum and t.state.data_steps_skipped == 2
+    assert all(torch.isfinite(v).all() for v in weights(t).values())
