@@ -245,13 +245,16 @@ def cmd_ls(a) -> int:
 def cmd_status(a) -> int:
     rd = _resolve(a.run)
     s = rd.status_summary()
-    probes = rd.read_state().get("probes") or []   # --device_batch_size=auto tables (nanotui/runtime/probes.py)
+    st = rd.read_state()
+    probes = st.get("probes") or []   # --device_batch_size=auto tables (nanotui/runtime/probes.py)
+    rollbacks = st.get("rollbacks") or []  # divergence rollbacks (nanotui/runtime/rollback.py)
     if a.json:
-        print(json.dumps(dict(s, probes=probes), indent=1))
+        print(json.dumps(dict(s, probes=probes, rollbacks=rollbacks), indent=1))
     else:
         print(_status_line(s))
+        from nanotui.core.divergence import format_rollbacks
         from nanotui.core.vramplan import format_probes
-        for line in format_probes(probes):
+        for line in format_probes(probes) + format_rollbacks(rollbacks):
             print(line)
     return 0
 

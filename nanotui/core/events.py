@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 __all__ = [
     "Step", "ValBpb", "CoreMetric", "ValLoss", "StepMetrics", "Config", "CheckpointSaved", "Oom",
     "Sample", "EndOfRun", "Error", "EvalResult", "EvalProgress", "ResumedFrom", "StopRequested", "Raw", "Event",
-    "BatchProbe", "BatchChoice",
+    "BatchProbe", "BatchChoice", "Divergence",
     "STEP_KINDS", "new_step",
 ]
 
@@ -142,6 +142,16 @@ class StopRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class Divergence:
+    """Ours, before exit code 5: `Divergence: non-finite loss at step 50 (loss nan); update not applied; last
+    checkpoint: step 000040` (kind "nonfinite" | "spike"; ckpt_step None for `last checkpoint: none`)."""
+    step: int
+    kind: str
+    detail: str
+    ckpt_step: Optional[int] = None
+
+
+@dataclass(frozen=True, slots=True)
 class BatchProbe:
     """Ours (`--device_batch_size=auto`): `Device batch probe: device_batch_size=8 peak=14.20GiB reserved=15.00GiB
     limit=21.59GiB -> fits` (outcome fits | too big | OOM; peaks None after an OOM)."""
@@ -171,7 +181,8 @@ class Raw:
 
 
 Event = Union[Step, ValBpb, CoreMetric, ValLoss, StepMetrics, Config, CheckpointSaved, Oom, Sample,
-              EndOfRun, Error, EvalResult, EvalProgress, ResumedFrom, StopRequested, BatchProbe, BatchChoice, Raw]
+              EndOfRun, Error, EvalResult, EvalProgress, ResumedFrom, StopRequested, BatchProbe, BatchChoice,
+              Divergence, Raw]
 
 
 class _StepBuilder:

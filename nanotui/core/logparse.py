@@ -8,8 +8,8 @@ import re
 from typing import Optional, Union
 
 from .events import (
-    BatchChoice, BatchProbe, CheckpointSaved, Config, CoreMetric, EndOfRun, Error, EvalProgress, EvalResult, Event,
-    Oom, Raw, ResumedFrom, Sample, Step, StepMetrics, StopRequested, ValBpb, ValLoss, new_step,
+    BatchChoice, BatchProbe, CheckpointSaved, Config, CoreMetric, Divergence, EndOfRun, Error, EvalProgress,
+    EvalResult, Event, Oom, Raw, ResumedFrom, Sample, Step, StepMetrics, StopRequested, ValBpb, ValLoss, new_step,
 )
 
 __all__ = ["parse_line", "clean_line", "strip_ansi", "LogParser", "parse_text"]
@@ -46,6 +46,8 @@ _MODEL_LINE_RE = re.compile(r"(num_layers|model_dim|num_heads|num_kv_heads): (\d
 _PROBE_RE = re.compile(r"Device batch probe: device_batch_size=(\d+) peak=(\S+) reserved=(\S+) limit=(\S+) -> (.+?)\s*$")
 _CHOICE_RE = re.compile(r"(Device|Eval) batch size auto: (\d+|none fits)\s*(?:\((.*)\))?\s*$")
 _CHOICE_DETAIL_RE = re.compile(r"headroom ([\d.]+)%, limit ([\d.]+(?:GiB|MiB)) of ([\d.]+(?:GiB|MiB))")
+_DIVERGENCE_RE = re.compile(r"Divergence: (non-finite loss|loss spike) at step (\d+) \((.*)\); update not applied; "
+                            r"last checkpoint: (?:step (\d+)|none)\s*$")
 _RESUMED_RE = re.compile(r"Resuming optimization from step (\d+)")
 _STOPPED_RE = re.compile(r"Stopped on request \(([^)]*)\) at step (\d+)(?:; checkpoint: step (\d+))?")
 _SPLIT_BPB_RE = re.compile(r"(train|val) bpb: ([\d.]+)\s*$")
@@ -328,6 +330,10 @@ def _parse_other(s: str) -> Optional[Event]:
     elif c == "D" and s.startswith("Device batch size:"):
         v = _int(s[18:])
         return Config("device_bs", v) if v is not None else None
+    elif c == "D" and s.startswith("Divergence: "):
+        m = _DIVERGENCE_RE.match(s)
+        return Divergence(int(m.group(2)), "nonfinite" if m.group(1) == "non-finite loss" else "spike", m.group(3),
+                          int(m.group(4)) if m.group(4) else None) if m else None
     elif c == "D" and s.startswith("Device batch probe:"):
         m = _PROBE_RE.match(s)
         if m:

@@ -7,10 +7,11 @@ from typing import Mapping
 
 # events.jsonl kinds an attached dashboard announces (toast + bell + desktop notification)
 NOTICE_KINDS = ("oom", "waiting", "fallback", "carried_bs", "stage_done", "crashed", "failed", "stopped", "done",
-                "disk_full")
+                "disk_full", "divergence", "rollback")
 SEVERITY = {"oom": "error", "crashed": "error", "failed": "error", "disk_full": "error", "waiting": "warning",
             "fallback": "warning", "carried_bs": "warning",
-            "stopped": "warning", "stage_done": "information", "done": "information"}
+            "stopped": "warning", "stage_done": "information", "done": "information",
+            "divergence": "error", "rollback": "warning"}
 MAX_MESSAGE = 200
 OPT_OUT_ENV = "NANOTUI_NO_NOTIFY"
 

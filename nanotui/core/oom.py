@@ -1,14 +1,19 @@
-"""OOM fallback policy as a pure state machine: decide(state, event) -> (state, actions) (docs/CONTRACTS.md "OOM policy")."""
+"""OOM fallback and divergence rollback policy as a pure state machine: decide(state, event) -> (state, actions)
+(docs/CONTRACTS.md "OOM policy", "Divergence")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Optional, Union
+
+from nanotui.core.divergence import (DEFAULT_MAX_ROLLBACKS, DEFAULT_SKIP_MARGIN, rollback_target,
+                                     skips_after_rollback)
 
 __all__ = [
     "fallback_ladder", "parse_grace", "Grace",
     "OomState", "PendingOom",
     "OomDetected", "GraceTick", "UserFallback", "UserRetry", "UserStop", "Resumed", "SetGrace",
     "Wait", "Restart", "Stop", "Notify", "Reject",
+    "DivergenceDetected", "PendingDivergence", "Rollback",
     "decide", "DEFAULT_GRACE_S",
 ]
 
@@ -68,6 +73,20 @@ class OomDetected:
 
 
 @dataclass(frozen=True)
+class DivergenceDetected:
+    """A training stage ended with the trainer's divergence exit (5) at `step` (the onset)."""
+    stage: str
+    step: int
+    kind: str                         # "nonfinite" | "spike"
+    ckpt_steps: tuple                 # committed checkpoint steps of this run's stage
+    rollbacks: int = 0                # rollbacks of this stage so far (from the run state)
+    skips: tuple = ()                 # the stage's skip list so far, as ((step, count), ...)
+    now: float = 0.0
+    margin: int = DEFAULT_SKIP_MARGIN
+    max_rollbacks: int = DEFAULT_MAX_ROLLBACKS
+
+
+@dataclass(frozen=True)
 class GraceTick:
     now: float
 
@@ -123,6 +142,17 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """Restart the stage from checkpoint `from_step` (None: from the start) with the skip list `skips`."""
+    stage: str
+    from_step: Optional[int]
+    skips: tuple                      # ((step, count), ...) after this rollback
+    onset: int
+    kind: str
+    why: str = ""
+
+
+@dataclass(frozen=True)
 class Reject:
     """A command that does not apply now; the control channel answers {"ok": false, "error": reason}."""
     reason: str
@@ -141,10 +171,21 @@ class PendingOom:
 
 
 @dataclass(frozen=True)
+class PendingDivergence:
+    rollback: Rollback
+    detected_at: float
+    deadline: Optional[float]
+
+    @property
+    def stage(self) -> str:
+        return self.rollback.stage
+
+
+@dataclass(frozen=True)
 class OomState:
     grace: Grace = DEFAULT_GRACE_S
     phase: str = "idle"               # "idle" | "waiting" | "restarting" | "stopped"
-    pending: Optional[PendingOom] = None
+    pending: Optional[PendingOom] = None             # or a PendingDivergence
     history: tuple = field(default_factory=tuple)   # ((stage, step, device_bs), ...) of OOMs seen
 
 
@@ -164,8 +205,62 @@ def _restart(state: OomState, device_bs: int, why: str) -> tuple:
             [Restart(device_bs, "latest"), Notify("fallback" if device_bs != p.device_bs else "retry", msg)])
 
 
+def _rollback_now(state: OomState, why: str) -> tuple:
+    r = replace(state.pending.rollback, why=why)
+    where = f"checkpoint step {r.from_step}" if r.from_step is not None else "the start (no checkpoint before it)"
+    skip = dict(r.skips).get(r.from_step if r.from_step is not None else 0)
+    msg = f"{r.stage}: rolling back to {where}, skipping {skip} steps of data there; {why}"
+    return replace(state, phase="restarting"), [r, Notify("rollback", msg)]
+
+
+def _decide_divergence(state: OomState, event) -> tuple:
+    """The divergence branch: DivergenceDetected, and the grace/retry/stop events while a rollback is pending."""
+    if isinstance(event, DivergenceDetected):
+        what = "non-finite loss" if event.kind == "nonfinite" else "loss spike"
+        where = f"{event.stage} step {event.step}"
+        if event.rollbacks >= event.max_rollbacks:
+            reason = (f"{what} at {where} after {event.rollbacks} rollback(s) of this stage (limit "
+                      f"{event.max_rollbacks}); stopping: lower the learning rate or check the data")
+            return replace(state, phase="stopped", pending=None), [Stop(reason), Notify("stopped", reason)]
+        target = rollback_target(event.ckpt_steps, event.step)
+        skips = skips_after_rollback(dict(event.skips), target, event.step, event.margin)
+        rb = Rollback(event.stage, target, tuple(sorted(skips.items())), event.step, event.kind)
+        pending = PendingDivergence(rb, event.now, _deadline(state.grace, event.now))
+        state = replace(state, phase="waiting", pending=pending)
+        back = f"step {target}" if target is not None else "the start"
+        msg = f"{where}: {what}; rollback {event.rollbacks + 1}/{event.max_rollbacks} to {back}"
+        if state.grace == "off":
+            return state, [Notify("divergence", msg + "; waiting for a command (grace off)"), Wait(None)]
+        if float(state.grace) <= 0:
+            new_state, actions = _rollback_now(state, "grace 0: acting at once")
+            return new_state, [Notify("divergence", msg)] + actions
+        return state, [Notify("divergence", msg + f" in {float(state.grace):g}s"), Wait(pending.deadline)]
+    p = state.pending
+    if isinstance(event, SetGrace):
+        state = replace(state, grace=parse_grace(event.grace))
+        deadline = _deadline(state.grace, p.detected_at)
+        state = replace(state, pending=replace(p, deadline=deadline))
+        if deadline is not None and event.now >= deadline:
+            return _rollback_now(state, "grace period over")
+        return state, [Wait(deadline)]
+    if isinstance(event, GraceTick):
+        if p.deadline is not None and event.now >= p.deadline:
+            return _rollback_now(state, "nobody decided within the grace period")
+        return state, []
+    if isinstance(event, UserRetry):
+        return _rollback_now(state, "requested by the user")
+    if isinstance(event, UserFallback):
+        return state, [Reject("a divergence rollback is pending, not an out-of-memory decision; use retry "
+                              "(roll back now) or stop")]
+    raise TypeError(f"unhandled divergence policy event: {event!r}")
+
+
 def decide(state: OomState, event) -> tuple:
     """Apply one event; returns (new_state, [actions]). Pure: time comes in the events."""
+    if isinstance(event, DivergenceDetected) or (
+            isinstance(state.pending, PendingDivergence) and state.phase == "waiting"
+            and isinstance(event, (SetGrace, GraceTick, UserRetry, UserFallback))):
+        return _decide_divergence(state, event)
     if isinstance(event, OomDetected):
         history = state.history + ((event.stage, event.step, event.device_bs),)
         where = f"{event.stage} step {event.step}" if event.step is not None else event.stage

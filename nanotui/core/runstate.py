@@ -15,8 +15,8 @@ from typing import Any, Mapping, Optional, Union
 __all__ = [
     "PHASES", "LIVE_PHASES", "END_PHASES", "STAGE_STATES", "STAGE_NAMES", "TRAIN_STAGES", "ckpt_family",
     "log_kind", "StateError", "StageRecord", "PendingOomRecord", "CheckpointRef", "RunState",
-    "StopRequest", "RestartRequest", "OomStopRequest", "Request", "EVENT_FIELDS", "make_event",
-    "EXIT_DONE", "EXIT_OTHER", "EXIT_USAGE", "EXIT_OOM", "EXIT_STOPPED", "DISK_FULL",
+    "StopRequest", "RestartRequest", "OomStopRequest", "RollbackRequest", "Request", "EVENT_FIELDS", "make_event",
+    "EXIT_DONE", "EXIT_OTHER", "EXIT_USAGE", "EXIT_OOM", "EXIT_STOPPED", "EXIT_DIVERGED", "DISK_FULL",
 ]
 
 # ---- vocabularies ---------------------------------------------------------------------------------
@@ -32,6 +32,7 @@ TRAIN_STAGES = {"base_train": ("base", "base"), "mid_train": ("mid", "mid"), "ch
 
 # trainer exit codes (docs/CONTRACTS.md "Exit codes")
 EXIT_DONE, EXIT_OTHER, EXIT_USAGE, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 4
+EXIT_DIVERGED = 5         # non-finite loss or loss spike: nothing applied, nothing saved (the guard's trailer line)
 DISK_FULL = "disk full"   # the word state.reason / events / notifications use for ENOSPC
 
 
@@ -188,6 +189,8 @@ class RunState:
     grace: Any = None                  # seconds or "off"
     carried_bs: dict = field(default_factory=dict)   # seq_len (str) -> device_bs a fallback found to fit
     probes: list = field(default_factory=list)       # --device_batch_size=auto records, newest per stage
+    rollbacks: list = field(default_factory=list)    # divergence rollbacks: {stage, onset, kind, from_step, skips, t}
+    data_skips: dict = field(default_factory=dict)   # stage -> {"step": steps of data skipped when it starts}
     updated: Optional[float] = None
     stages: list = field(default_factory=list)       # [StageRecord]
     extra: dict = field(default_factory=dict)        # unknown keys, kept verbatim
@@ -219,8 +222,10 @@ class RunState:
                 v = v.to_json()
             elif f.name == "carried_bs":
                 v = dict(v)
-            elif f.name == "probes":
+            elif f.name in ("probes", "rollbacks"):
                 v = list(v)
+            elif f.name == "data_skips":
+                v = {k: dict(s) for k, s in v.items()}
             out[f.name] = v
         return out
 
@@ -272,6 +277,15 @@ class RunState:
         if not isinstance(probes, list):
             raise StateError(f"probes is {type(probes).__name__}, expected a list")
         kw["probes"] = [p for p in probes if isinstance(p, Mapping)]
+        rollbacks = o.get("rollbacks") or []
+        if not isinstance(rollbacks, list):
+            raise StateError(f"rollbacks is {type(rollbacks).__name__}, expected a list")
+        kw["rollbacks"] = [dict(r) for r in rollbacks if isinstance(r, Mapping)]
+        skips = o.get("data_skips") or {}
+        if not isinstance(skips, Mapping) or not all(isinstance(v, Mapping) for v in skips.values()):
+            raise StateError(f"data_skips is {skips!r}, expected {{stage: {{step: count}}}}")
+        kw["data_skips"] = {str(k): {str(s): n for s, n in v.items() if isinstance(n, int) and not isinstance(n, bool)}
+                            for k, v in skips.items()}
         run_id = o.get("run_id")
         if run_id is not None and not isinstance(run_id, str):
             raise StateError(f"run_id is {run_id!r}, expected a string")
@@ -296,11 +310,21 @@ class RestartRequest:
 
 @dataclass(frozen=True)
 class OomStopRequest:
-    """The OOM policy gave up (nothing smaller to fall back to)."""
+    """The OOM policy gave up (nothing smaller to fall back to), or the rollback limit was reached."""
     reason: str
 
 
-Request = Union[StopRequest, RestartRequest, OomStopRequest]
+@dataclass(frozen=True)
+class RollbackRequest:
+    """The divergence policy rolls the stage back to checkpoint `from_step` (None: the start) with `skips`."""
+    from_step: Optional[int]
+    skips: tuple          # ((step, count), ...): the stage's whole skip list after this rollback
+    onset: int
+    kind: str
+    why: str
+
+
+Request = Union[StopRequest, RestartRequest, OomStopRequest, RollbackRequest]
 
 
 # ---- events (events.jsonl) ------------------------------------------------------------------------
@@ -334,6 +358,9 @@ EVENT_FIELDS: dict = {
     "device_bs_probe": ("stage", "key", "device_bs", "eval_bs", "eval_detail", "headroom", "limit_gib",
                         "capacity_gib", "detail", "rows"),
     "device_bs_reused": ("stage", "device_bs", "from_stage", "key"),
+    # the divergence guard (trainer exit 5) and the supervisor's rollback (nanotui/runtime/rollback.py)
+    "divergence": ("stage", "step", "cause", "detail", "ckpt_step", "exit_code", "rollbacks"),
+    "rollback": ("stage", "from_step", "onset", "cause", "skips", "rollbacks", "why"),
 }
 
 

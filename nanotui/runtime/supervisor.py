@@ -27,11 +27,11 @@ from pathlib import Path
 
 from nanotui.core import oom as policy
 from nanotui.core.argvflags import flag_value
-from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step
+from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Divergence, Error, Oom, Step
 from nanotui.core.logparse import LogParser
-from nanotui.core.runstate import (EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest, PendingOomRecord,
-                                   RestartRequest, RunState, StopRequest)
-from nanotui.runtime import probes, procs
+from nanotui.core.runstate import (EXIT_DIVERGED, EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest,
+                                   PendingOomRecord, RestartRequest, RollbackRequest, RunState, StopRequest)
+from nanotui.runtime import probes, procs, rollback
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
 from nanotui.runtime.recorder import Recorder
@@ -57,6 +57,7 @@ class AttemptEnd:
     error: str | None            # by another error): `error` is the last error the attempt printed
     last_step: int | None
     last_line: str | None = None
+    divergence: Divergence | None = None  # the trainer's `Divergence:` trailer (exit 5)
 
 
 def acquire_lock(rd: RunDir) -> int:
@@ -213,7 +214,9 @@ class Supervisor:
                     self.request = RestartRequest(a.device_bs, a.from_step, "oom policy")
                 elif isinstance(a, policy.Stop):
                     self.request = OomStopRequest(a.reason)
-                elif isinstance(a, policy.Notify) and a.kind == "oom":
+                elif isinstance(a, policy.Rollback):
+                    self.request = RollbackRequest(a.from_step, a.skips, a.onset, a.kind, a.why)
+                elif isinstance(a, policy.Notify) and a.kind in ("oom", "divergence"):
                     # fallback/retry/stopped are announced with their events by the caller
                     if self.server:
                         self.server.broadcast({"notify": a.kind, "message": a.message})
@@ -259,6 +262,7 @@ class Supervisor:
     def _spawn(self, idx: int, argv: list[str], device_bs: int | None):
         """Start an attempt; returns (proc, log, exit_file), or None when it could not start (stage failed)."""
         stage = self.stages[idx]
+        argv = rollback.with_skips(argv, stage, self.state)  # a divergence rollback's data skip list, if any
         rec = self.stage_rec(idx)
         rec.attempts = int(rec.attempts or 0) + 1
         attempt = rec.attempts
@@ -346,6 +350,8 @@ class Supervisor:
                             self.event("checkpoint", stage=stage["name"], step=ev.step, path=ev.path)
                     elif t is Oom:
                         last["oom"], last["oom_at"] = ev, last["n"]
+                    elif t is Divergence:
+                        last["divergence"] = ev
                     elif t is Error:
                         last["error"], last["error_at"] = f"{ev.exc_type}: {ev.message}", last["n"]
                     elif t is Config and ev.key == "total_batch_size":
@@ -420,7 +426,8 @@ class Supervisor:
                                 and not _oomish(last["error"])):
             oom = None
         self.state.extra.pop("stage_tree", None)
-        return AttemptEnd(code, sig, oom, last["error"], parser.last_step, tail[-1] if tail else None)
+        return AttemptEnd(code, sig, oom, last["error"], parser.last_step, tail[-1] if tail else None,
+                          last.get("divergence"))
 
     def _reap_tree(self, name: str, pid: int, term_sent_at: float | None) -> None:
         """The wrapper is gone: make sure nothing of the stage's tree (ranks in other sessions included) lingers.
@@ -642,6 +649,8 @@ class Supervisor:
             self.event("stage_done", notify="stage_done", message=f"{name} done", stage=name, index=idx,
                        step=st.step)
             return "next"
+        if end.exit_code == EXIT_DIVERGED and stage.get("trains"):
+            return rollback.handle(self, idx, end)
         is_oom = end.exit_code == EXIT_OOM or (end.oom is not None and end.exit_code not in (EXIT_STOPPED,))
         if is_oom and stage.get("trains"):
             return self._handle_oom(idx, end)

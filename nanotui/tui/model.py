@@ -295,6 +295,8 @@ class RunView:
                 h.mark(ev.step, "checkpoint")
             elif kind == "Oom":
                 h.mark(ev.step if ev.step is not None else h.last_step, "oom")
+            elif kind == "Divergence":
+                h.mark(ev.step, "divergence")
             elif kind == "ResumedFrom":  # `Resuming optimization from step N`: where this attempt continues
                 h.mark(ev.step, "restart")
         if last_step_ev is not None:
@@ -324,6 +326,12 @@ class RunView:
                 h.mark(_step_of(ev.get("step")), "checkpoint")
             elif kind == "oom":
                 h.mark(_step_of(ev.get("step")), "oom")
+            elif kind == "divergence":  # the onset step, and where the rollback went back to
+                h.mark(_step_of(ev.get("step")), "divergence")
+            elif kind == "rollback":
+                step = _step_of(ev.get("from_step"))
+                h.mark(step if step is not None else 0, "rollback")
+                h.restart_step = step if step is not None else 0
             elif kind in ("resumed", "fallback", "retry"):
                 # core.runstate.EVENT_FIELDS: resumed/fallback/retry {step: int | "latest"} (+ ckpt_step for
                 # fallback/retry; runs recorded before that vocabulary wrote fallback's point as `resume`).

@@ -14,8 +14,9 @@ BRAILLE_BASE = 0x2800
 DOT_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 
 MARKER_GLYPHS = {"checkpoint": ("┴", "green"), "oom": ("✗", "bold red"), "restart": ("↻", "yellow"),
-                 "batch": ("b", "cyan")}
-MARKER_LINES = {"oom": "red", "restart": "yellow", "batch": "cyan"}
+                 "batch": ("b", "cyan"), "divergence": ("!", "bold magenta"), "rollback": ("↶", "magenta")}
+MARKER_LINES = {"oom": "red", "restart": "yellow", "batch": "cyan", "divergence": "magenta", "rollback": "magenta"}
+MARKER_ORDER = ("checkpoint", "batch", "restart", "rollback", "oom", "divergence")  # later ones win a shared cell
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def downsample(line: Sequence[tuple[float, float, float]], x0: float, x1: float,
     return [tuple(c) if c else None for c in out]  # type: ignore[misc]
 
 
-SHORT_NAMES = {"checkpoint": "ckpt", "restart": "rst", "batch": "bs"}
+SHORT_NAMES = {"checkpoint": "ckpt", "restart": "rst", "batch": "bs", "divergence": "div", "rollback": "rb"}
 
 
 def chart_legend(data: ChartData, line_style: str, point_style: str, short: bool = False) -> Text:
@@ -137,7 +138,7 @@ def chart_legend(data: ChartData, line_style: str, point_style: str, short: bool
     legend.append(f"━ {data.line_label.split()[-1] if short else data.line_label}", line_style)
     if data.points:
         legend.append(f"{sep}● {data.points_label}", point_style)
-    for kind in ("checkpoint", "oom", "restart", "batch"):
+    for kind in ("checkpoint", "oom", "restart", "batch", "divergence", "rollback"):
         if any(k == kind for _, k in data.markers):
             glyph, style = MARKER_GLYPHS[kind]
             name = SHORT_NAMES.get(kind, kind) if short else ("ckpt" if kind == "checkpoint" else kind)
@@ -213,8 +214,7 @@ def render_chart(data: ChartData, width: int, height: int, *, line_style: str = 
     axis = Text(" " * left, axis_style)
     axis_chars = ["─"] * cols
     axis_styles: list[str] = [axis_style] * cols
-    for x, kind in sorted(data.markers, key=lambda m: ("checkpoint", "batch", "restart", "oom").index(m[1])
-                          if m[1] in MARKER_GLYPHS else 0):
+    for x, kind in sorted(data.markers, key=lambda m: MARKER_ORDER.index(m[1]) if m[1] in MARKER_GLYPHS else 0):
         if kind in MARKER_GLYPHS:
             c = min(cols - 1, xpix(x) // 2)
             axis_chars[c], axis_styles[c] = MARKER_GLYPHS[kind]
