@@ -10,7 +10,7 @@ from nanotui.tui.app import NanotuiApp
 from tui_helpers import SNAPSHOTS, FakeControl, normalise_svg, recorded, wait_history
 
 pytestmark = pytest.mark.anyio
-CASES = [("mid_training", (160, 48)), ("oom_pending", (120, 40)), ("finished", (80, 24))]
+CASES = [("mid_training", (160, 48)), ("oom_pending", (120, 40)), ("finished", (80, 24)), ("diverged", (120, 40))]
 
 
 @pytest.mark.parametrize("name,size", CASES)

@@ -183,7 +183,7 @@ def render_chart(data: ChartData, width: int, height: int, *, line_style: str = 
     def xpix(x: float) -> int:
         return int(round((x - x0) / (x1 - x0) * (px_w - 1)))
 
-    for x, kind in data.markers:
+    for x, kind in sorted(data.markers, key=lambda m: m[1] in ("rollback", "divergence")):  # drawn last: they win
         if kind in MARKER_LINES:
             px = xpix(x)
             for py in range(0, py_h, 2):
