@@ -103,3 +103,36 @@ def test_skipping_the_faulty_data_cures_the_run_and_shifts_the_data_steps(base_d
     accum = t.grad_accum_steps
     assert accum == 2 and t.loader.pos == (6 + 2) * accum and t.state.data_steps_skipped == 2
     assert all(torch.isfinite(v).all() for v in weights(t).values())
+
+
+def saving_trainer(flags, tag):
+    from dataclasses import asdict
+
+    from nanochat.optim import get_lr_multiplier
+    from nanochat.trainer import FlagParser, Trainer, add_training_flags
+    from test_speed import CFG, tiny_model
+    args = add_training_flags(FlagParser()).parse_args(
+        ["--device_batch_size=2", "--max_seq_len=16", "--total_batch_size=64", "--eval_every=-1", "--save_every=2",
+         "--num_iterations=6", f"--model_tag={tag}", "--keep_last=0", *flags])
+    model = tiny_model()
+    return Trainer(args=args, stage="base", model_tag=tag, model=model, optimizers=model.setup_optimizers(),
+                   device="cpu", make_train_loader=lambda state: RandomLoader(2, 16, state), num_iterations=6,
+                   lr_multiplier=lambda s: get_lr_multiplier(s, 6), meta={"model_config": asdict(CFG)})
+
+
+def test_checkpoints_around_a_data_skip_resume_bitwise(base_dir, monkeypatch):
+    """Checkpoint 2 holds the position before step 2's skip (a resume from it skips again), checkpoint 4 the one
+    after it (a resume from it does not): both end bitwise equal to the uninterrupted run with the same list."""
+    ref = saving_trainer(["--data_skip=2:1"], "ref")
+    assert ref.run() == 0
+    want = weights(ref)
+    for tag, onset in (("from2", 3), ("from4", 4)):  # the fault hits the data step that step `onset` consumes
+        monkeypatch.setenv("NANOCHAT_FAULT_NAN_AT_STEP", str(onset + 1))
+        first = saving_trainer(["--data_skip=2:1"], tag)
+        assert first.run() == EXIT_DIVERGED and first.last_saved_step == (2 if onset == 3 else 4)
+        monkeypatch.delenv("NANOCHAT_FAULT_NAN_AT_STEP")
+        again = saving_trainer(["--data_skip=2:1", "--resume_from_step=latest"], tag)
+        assert again.run() == 0 and again.start_step == first.last_saved_step
+        got = weights(again)
+        assert all(torch.equal(got[k], want[k]) for k in want), tag
+        assert again.state.data_steps_skipped == 1 and again.loader.pos == ref.loader.pos
