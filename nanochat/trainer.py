@@ -10,7 +10,6 @@ import secrets
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -22,11 +21,12 @@ from nanochat.common import UsageError, compute_mfu, get_dist_info, get_peak_flo
 from nanochat.optim import get_muon_momentum
 from nanochat.training.dataskip import effective_skips, parse_data_skip, skip_micro_batches
 from nanochat.training.faults import FAULT_OOM_ENV, FAULT_OOM_STEP_ENV, FaultInjector
-from nanochat.training.guard import EXIT_DIVERGED, Diverged, DivergenceGuard, divergence_line
+from nanochat.training.guard import EXIT_DIVERGED, Diverged, DivergenceGuard, divergence_line, grad_norm
 from nanochat.training.flags import (FlagParser, add_training_flags, bool_flag, compute_grad_accum,
                                      device_batch_size_flag, float_flag, int_or_disabled, nonnegative_float,
                                      nonnegative_int, positive_int, resume_flag, valid_device_batch_sizes)
 from nanochat.training.hook import StepHook
+from nanochat.training.loopstate import LoopState
 from nanochat.training.oom import (CUDA_MEMORY_CAP_ENV, OutOfMemory, cuda_memory_cap_gib,
                                    cuda_memory_fraction, exit_3_on_startup_oom, is_oom_error, one_line)
 from nanochat.training.rng import capture_rng, restore_rng
@@ -54,33 +54,7 @@ class _DiskFull(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# loop state and helpers
-
-@dataclass
-class LoopState:
-    """What, besides weights/optimizers/data position/RNG, an exact resume needs."""
-    smooth_train_loss: float = 0.0      # raw EMA of the train loss (debiased when printed)
-    min_val_bpb: float = float("inf")
-    last_val_bpb: float = None
-    total_training_time: float = 0.0    # seconds, steps after the 10th only (as upstream)
-    recent_losses: list = field(default_factory=list)  # the divergence guard's window of step losses
-    data_steps_skipped: int = 0         # steps of data discarded by --data_skip so far (data step - step)
-
-    def to_json(self):
-        data = asdict(self)
-        if not math.isfinite(data["min_val_bpb"]):
-            data["min_val_bpb"] = None
-        return data
-
-    @classmethod
-    def from_json(cls, data):
-        data = dict(data or {})
-        if data.get("min_val_bpb") is None:
-            data["min_val_bpb"] = float("inf")
-        known = {k: data[k] for k in ("smooth_train_loss", "min_val_bpb", "last_val_bpb", "total_training_time",
-                                      "recent_losses", "data_steps_skipped") if k in data}
-        return cls(**known)
-
+# helpers
 
 def _all_gather_json(obj, world_size):
     if world_size <= 1 or not dist.is_initialized():
@@ -88,14 +62,6 @@ def _all_gather_json(obj, world_size):
     out = [None] * world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def _grad_norm(params, device):
-    """The global L2 norm of the gradients, on the device (the divergence guard's check when nothing clips)."""
-    if not params:
-        return torch.zeros((), dtype=torch.float32, device=device)
-    norms = torch._foreach_norm([p.grad for p in params])
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -403,7 +369,7 @@ class Trainer:
         return next(self.loader)
 
     def _train_step(self, step):
-        """Run optimizer step `step`. Raises OutOfMemory / Stopped before any weight changed."""
+        """Run optimizer step `step`. Raises OutOfMemory / Stopped / Diverged before any weight changed."""
         model, accum = self.model, self.grad_accum_steps
         self._snapshot = (step, self._loader_state(), capture_rng(self.device))
         self._sync()
@@ -451,28 +417,8 @@ class Trainer:
                 raise OutOfMemory(oom if oom is not None else "CUDA out of memory on another rank")
             raise Stopped()
 
-        params = [p for p in model.parameters() if p.grad is not None]
-        guard = self.guard.enabled
-        local_norm = [_grad_norm(params, self.device)] if guard and not self.grad_clip > 0 else []  # summed over ranks: finite
-        stats = torch.stack([loss_sum, tokens.float(), target_tokens.float(), *local_norm])  # ... iff all are
-        if self.ddp:
-            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-            if self.grad_clip > 0:  # clip the global gradient, exactly as a single process would
-                for p in params:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                    p.grad.div_(self.world_size)
-        if self.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            if guard:
-                stats = torch.cat([stats, norm.detach().float().reshape(1)])
-        host = None
-        if guard:  # the step's one read-back, before the update: a diverged step is never applied
-            self._phase = "guard"
-            host = stats.tolist()
-            verdict = self.guard.verdict(step, host[0] / self.world_size, host[3], self.state.recent_losses)
-            if verdict is not None:
-                model.zero_grad(set_to_none=True)
-                raise Diverged(step, *verdict)
+        stats = self._reduce_and_clip(loss_sum, tokens, target_tokens)
+        host = self._guard(step, stats) if self.guard.enabled else None  # raises Diverged: nothing applied
         lrm = self.lr_multiplier(step)
         for opt in self.optimizers:
             for group in opt.param_groups:
@@ -496,9 +442,38 @@ class Trainer:
             host = stats.tolist()  # read back after the step: no host sync inside it
         train_loss, tokens, target_tokens = host[:3]
         self.state.data_steps_skipped += skip
-        if guard:
+        if self.guard.enabled:
             self.state.recent_losses = self.guard.remember(self.state.recent_losses, train_loss / self.world_size)
         return train_loss / self.world_size, lrm, dt, int(tokens), int(target_tokens)
+
+    def _reduce_and_clip(self, loss_sum, tokens, target_tokens):
+        """Sum the step's stats over ranks and clip the global gradient norm; returns the stats on the device:
+        [loss, tokens, targets] plus, with the guard on, the gradient norm (clip_grad_norm_'s, or the local norms
+        summed over ranks, which is finite exactly when every rank's is)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        local_norm = [grad_norm(params, self.device)] if self.guard.enabled and not self.grad_clip > 0 else []
+        stats = torch.stack([loss_sum, tokens.float(), target_tokens.float(), *local_norm])
+        if self.ddp:
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            if self.grad_clip > 0:  # clip the global gradient, exactly as a single process would
+                for p in params:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad.div_(self.world_size)
+        if self.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            if self.guard.enabled:
+                stats = torch.cat([stats, norm.detach().float().reshape(1)])
+        return stats
+
+    def _guard(self, step, stats):
+        """The step's one read-back, before the update; a diverged step raises Diverged (gradients dropped)."""
+        self._phase = "guard"
+        host = stats.tolist()
+        verdict = self.guard.verdict(step, host[0] / self.world_size, host[3], self.state.recent_losses)
+        if verdict is not None:
+            self.model.zero_grad(set_to_none=True)
+            raise Diverged(step, *verdict)
+        return host
 
     def _log_step(self, step, train_loss, lrm, dt, tokens, target_tokens):
         st = self.state

@@ -7,6 +7,8 @@ single device-to-host transfer (loss, token counts, gradient norm). Spike rule: 
 import math
 import statistics
 
+import torch
+
 EXIT_DIVERGED = 5              # the stage's exit code after a divergence (docs/CONTRACTS.md "Exit codes")
 DEFAULT_SPIKE_RTOL = 2.0       # as Lightning's SpikeDetection
 DEFAULT_SPIKE_WINDOW = 20
@@ -63,3 +65,11 @@ def divergence_line(step, kind, detail, last_saved_step) -> str:
     what = "non-finite loss" if kind == "nonfinite" else "loss spike"
     ck = f"step {last_saved_step:06d}" if last_saved_step is not None else "none"
     return f"Divergence: {what} at step {step} ({detail}); update not applied; last checkpoint: {ck}"
+
+
+def grad_norm(params, device):
+    """The global L2 norm of the gradients, on the device (the divergence guard's check when nothing clips)."""
+    if not params:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = torch._foreach_norm([p.grad for p in params])
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
