@@ -1,6 +1,8 @@
 """The trainer's divergence guard: verdicts, the NaN/spike fault injectors, a diverged step is never applied
 (exit 5, one trailer line), the data skip list (format, resume rule, loader fallback) and skipping cures a fault."""
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +132,10 @@ def test_checkpoints_around_a_data_skip_resume_bitwise(base_dir, monkeypatch):
         monkeypatch.setenv("NANOCHAT_FAULT_NAN_AT_STEP", str(onset + 1))
         first = saving_trainer(["--data_skip=2:1"], tag)
         assert first.run() == EXIT_DIVERGED and first.last_saved_step == (2 if onset == 3 else 4)
+        saved = sorted(p.name for p in Path(first.ckpt_dir).glob("meta_*.json"))
+        assert saved == [f"meta_{s:06d}.json" for s in range(2, first.last_saved_step + 1, 2)]  # nothing new
+        meta = json.loads((Path(first.ckpt_dir) / saved[-1]).read_text())
+        assert meta["reason"] == "periodic" and meta["data_skip"] == ({} if onset == 3 else {"2": 1})
         monkeypatch.delenv("NANOCHAT_FAULT_NAN_AT_STEP")
         again = saving_trainer(["--data_skip=2:1", "--resume_from_step=latest"], tag)
         assert again.run() == 0 and again.start_step == first.last_saved_step
