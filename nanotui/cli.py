@@ -126,16 +126,19 @@ def cmd_plan(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from nanotui.core.plan import PlanError, plan_for_command
+    from nanotui.core.plan import PlanError
+    from nanotui.runtime.scripts import run_plan
     cmd = list(a.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     try:
-        plan = plan_for_command(cmd, str(_base_dir())).to_dict()
+        plan, notes = run_plan(cmd, str(_base_dir()), os.getcwd())  # the script's dialect; shell scripts: stages
     except PlanError as e:
         raise UsageError(str(e)) from None
     if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
         raise UsageError(f"command not found: {cmd[0]}")
+    for note in notes:
+        print(note)
     return _start_plan(plan, a)
 
 

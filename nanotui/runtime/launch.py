@@ -153,13 +153,14 @@ def start_plan(plan: dict, base_dir: Path, *, cwd: str | None = None, grace=None
     """Create the run directory for `plan` and start its supervisor: the same checks for the CLI and the TUI.
     Refuses (StartError) when another live run writes the same checkpoint directories."""
     from nanotui.core.oom import parse_grace
+    given = grace is not None   # an explicit grace also consents to restarts from step 0 (docs/DIALECTS.md)
     try:
         grace = 60.0 if grace is None else parse_grace(grace)
     except ValueError as e:
         raise StartError(str(e)) from None
     base = Path(base_dir)
     plan = dict(plan)
-    plan.update(base_dir=str(base), cwd=cwd or os.getcwd(), grace=grace)
+    plan.update(base_dir=str(base), cwd=cwd or os.getcwd(), grace=grace, grace_given=given)
     if stop_timeout is not None:
         if not 0 <= stop_timeout < float("inf"):
             raise StartError(f"--stop-timeout must be seconds >= 0, got {stop_timeout:g}")

@@ -1,0 +1,187 @@
+"""Finds a command's training script and its flag dialect (cached by file hash); upstream's committed steps; attempt argv.
+
+Pure dialect logic lives in nanotui/core/dialect.py; this module reads files (the script, the checkpoint
+directory, the cache). Contract: docs/DIALECTS.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from nanotui.core.dialect import DEFAULT_SAVE_EVERY, OURS, Dialect, parse_source, restart_argv, save_every_given, \
+    scratch_note, script_of
+
+__all__ = ["find_script", "discover", "dialect_of", "cache_dir", "command_plan", "newest_committed_step",
+           "attempt_argv", "stage_dialect", "default_save_every", "resume_words"]
+
+_OURS_MARK = "nanochat.trainer"   # our scripts run on the shared trainer; upstream's never import it
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("NANOTUI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "nanotui")
+    return Path(root) / "dialects"
+
+
+def find_script(argv: Sequence[str], cwd: Optional[str]) -> Optional[tuple]:
+    """(path of the training script the command runs, script name) for `python -m X.base_train`, `torchrun ...
+    -m X.chat_sft`, or `python path/base_train.py`; None when the command runs no training script or the file
+    is not there (a module from site-packages: then it is treated as ours)."""
+    argv = [str(a) for a in argv]
+    base = Path(cwd or ".")
+    for i, a in enumerate(argv[:-1]):
+        if a == "-m" and script_of(argv[i + 1]):
+            path = base / (argv[i + 1].replace(".", "/") + ".py")
+            return (path, script_of(argv[i + 1])) if path.is_file() else None
+    for a in argv:
+        if a.endswith(".py") and script_of(a):
+            path = base / a
+            return (path, script_of(a)) if path.is_file() else None
+    return None
+
+
+def discover(path: Path, script: str) -> Dialect:
+    """The dialect of one script file: read from its parser (core.dialect.parse_source), cached under
+    `cache_dir()/<sha256 of the file>.json` so each checkout version is read once."""
+    data = Path(path).read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    cached = cache_dir() / f"{sha}.json"
+    try:
+        return Dialect.from_dict(json.loads(cached.read_text()))
+    except (OSError, ValueError, AttributeError):
+        pass
+    text = data.decode("utf-8", errors="replace")
+    d = OURS if _OURS_MARK in text else parse_source(text, script)
+    if d is OURS:
+        d = Dialect(version="ours", script=script, style="ours", resume="latest")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(d.to_dict(), indent=1))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only cache only costs a re-read next time
+    return d
+
+
+def dialect_of(argv: Sequence[str], cwd: Optional[str]) -> Optional[Dialect]:
+    found = find_script(argv, cwd)
+    return discover(*found) if found else None
+
+
+def default_save_every() -> int:
+    """The periodic save nanotui adds where the user gave none: NANOTUI_SAVE_EVERY, else the profile default."""
+    text = os.environ.get("NANOTUI_SAVE_EVERY", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_SAVE_EVERY
+
+
+def command_plan(argv: Sequence[str], base_dir: str, cwd: Optional[str], name: str = "command") -> tuple:
+    """(plan dict, notes) for `nanotui run -- CMD`: core.plan.plan_for_command with the command's dialect; an
+    upstream training stage records `dialect` and `ckpt_dir`, and gets a periodic save when the script can resume
+    but the user gave none (`save_every`, `save_every_added` in run.json). Notes are lines for the user."""
+    from nanotui.core.plan import plan_for_command
+    d = dialect_of(argv, cwd)
+    plan = plan_for_command(argv, base_dir, dialect=d).to_dict()
+    notes = []
+    stage = plan["stages"][0]
+    stage["name"] = name
+    if d is None or d.version == "ours" or not stage.get("trains"):
+        return plan, notes
+    stage["dialect"] = d.to_dict()
+    stage["ckpt_dir"] = os.path.join(base_dir, stage["ckpt_subdir"]) if stage.get("ckpt_subdir") else None
+    where = f"{name}: {d.script} is {d.label} ({d.style} flags"
+    if d.can_resume and d.has("save_every") and not save_every_given(argv):
+        every = default_save_every()
+        stage["argv"] = restart_argv(stage["argv"], d, save_every=every)
+        stage["save_every"], stage["save_every_added"] = every, True
+        notes.append(f"{where}); it saves only at the end unless told, so nanotui adds "
+                     f"{d.spelling('save_every')}={every} to make it resumable")
+    elif not d.can_resume:
+        notes.append(f"{where}) and cannot resume: after an out-of-memory error it restarts from step 0 only "
+                     f"with your consent (the dashboard asks; --grace given at start consents)")
+    else:
+        notes.append(f"{where}); resumes with {d.spelling('resume_from_step')}=<newest committed step>")
+    return plan, notes
+
+
+# ---------------------------------------------------------------- upstream checkpoints
+_META_RE = re.compile(r"^meta_(\d+)\.json$")
+_ZIP_END = b"PK\x05\x06"
+
+
+def _complete_zip(path: Path) -> bool:
+    """torch.save writes a zip archive whose end-of-central-directory record comes last: a file cut short by a
+    kill has none."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 65536 - 22))
+            return _ZIP_END in f.read()
+    except OSError:
+        return False
+
+
+def newest_committed_step(ckpt_dir: Optional[str], world_size: int = 1) -> Optional[int]:
+    """The newest step of an upstream checkpoint directory that is complete: its meta JSON parses, and its model
+    file and optimizer file(s) (2026: `optim_<step>_rank<r>.pt` for every rank; 2025-11: `optim_<step>.pt`) are
+    whole torch archives. Upstream writes these files in place and its meta before its optimizer state, so a
+    step whose writing was cut short is skipped. None when there is none."""
+    if not ckpt_dir:
+        return None
+    try:
+        names = os.listdir(ckpt_dir)
+    except OSError:
+        return None
+    steps = sorted((int(m.group(1)) for m in map(_META_RE.match, names) if m), reverse=True)
+    root = Path(ckpt_dir)
+    for step in steps:
+        try:
+            json.loads((root / f"meta_{step:06d}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not _complete_zip(root / f"model_{step:06d}.pt"):
+            continue
+        ranks = [root / f"optim_{step:06d}_rank{r}.pt" for r in range(max(1, world_size))]
+        if all(_complete_zip(p) for p in ranks) or _complete_zip(root / f"optim_{step:06d}.pt"):
+            return step
+    return None
+
+
+# ---------------------------------------------------------------- the supervisor's hook
+def stage_dialect(stage: Mapping) -> Optional[Dialect]:
+    d = stage.get("dialect")
+    return Dialect.from_dict(d) if isinstance(d, Mapping) and d.get("version") != "ours" else None
+
+
+def attempt_argv(stage: Mapping, device_bs: Optional[int], resume) -> tuple:
+    """(argv, resume step used or None) of an attempt of an upstream stage: `resume` "latest" becomes the newest
+    committed step (none yet: a fresh start), an int stays; a script that cannot resume always starts fresh."""
+    d = stage_dialect(stage)
+    step = None
+    if d is not None and d.can_resume and resume is not None:
+        if resume == "latest":
+            step = newest_committed_step(stage.get("ckpt_dir"), int(stage.get("world_size") or 1))
+        else:
+            step = int(resume)
+    return restart_argv(stage["argv"], d, device_bs=device_bs, resume_step=step), step
+
+
+def resume_words(stage: Mapping, resume, steps_done: Optional[int] = None) -> str:
+    """Where an attempt restarts, in words for events: ours "the newest checkpoint" / "checkpoint step S";
+    an upstream script the committed step it really gets (or step 0), and for one that cannot resume the plain
+    statement that progress is lost."""
+    d = stage_dialect(stage)
+    if d is None:
+        if resume is None:
+            return "step 0"
+        return "the newest checkpoint" if resume == "latest" else f"checkpoint step {resume}"
+    if not d.can_resume:
+        return scratch_note(stage.get("name") or d.script, d, steps_done)
+    step = attempt_argv(stage, None, resume)[1]
+    if step is None:
+        return "step 0 (no committed checkpoint yet)"
+    return f"committed step {step} ({d.spelling('resume_from_step')}={step})"
