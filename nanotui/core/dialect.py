@@ -1,4 +1,4 @@
-"""Flag dialects of training scripts (ours, upstream nanochat 2026 argparse, 2025-11 configurator): read, rewrite, resume.
+"""Flag dialects of training scripts (ours, upstream 2026 argparse, 2025-11 configurator): read, rewrite, resume.
 
 Pure: the caller passes a script's source text (nanotui/runtime/dialects.py finds and caches it). Table in
 docs/DIALECTS.md.

@@ -166,7 +166,8 @@ def _restart(state: OomState, device_bs: int, why: str) -> tuple:
     start = f"step 0 ({p.note})" if p.scratch else _from_what(p.ckpt_step)
     msg = f"{p.stage}: restarting at device_batch_size={device_bs} (was {p.device_bs}) from {start}; {why}"
     return (replace(state, phase="restarting"),
-            [Restart(device_bs, None if p.scratch else "latest"), Notify("fallback" if device_bs != p.device_bs else "retry", msg)])
+            [Restart(device_bs, None if p.scratch else "latest"),
+             Notify("fallback" if device_bs != p.device_bs else "retry", msg)])
 
 
 def decide(state: OomState, event) -> tuple:

@@ -1,4 +1,4 @@
-"""Finds a command's training script and its flag dialect (cached by file hash); upstream's committed steps; attempt argv.
+"""Finds a command's training script and its dialect (cached by file hash); upstream's committed steps; attempt argv.
 
 Pure dialect logic lives in nanotui/core/dialect.py; this module reads files (the script, the checkpoint
 directory, the cache). Contract: docs/DIALECTS.md.

@@ -1,4 +1,4 @@
-"""The launcher a supervised bash script's `python`/`python3`/`torchrun` calls go through (docs/DIALECTS.md "Whole scripts").
+"""The launcher a supervised bash script's python/python3/torchrun calls go through (docs/DIALECTS.md "Whole scripts").
 
 Usage (from the BASH_ENV hook of nanotui/runtime/scripts.py): scriptshim.py NAME REAL ARGS...
 A training stage (`-m ...base_train|mid_train|chat_sft` or a `.../base_train.py` path) is handed to a supervisor as
@@ -111,7 +111,8 @@ def hand_over(script: str, argv: list) -> int:
             resume_run(child)
         else:
             plan, notes = command_plan(argv, data_base, cwd, name=script)
-            plan.update(profile=script, parent=parent.run_id, parent_key=key)
+            plan.update(profile=script, parent=parent.run_id, parent_key=key,
+                        lineage_id=os.environ.get("NANOCHAT_RUN_ID") or parent.run_id)
             for note in notes:
                 _say(note)
             child, _pid = start_plan(plan, runs_base, cwd=cwd, grace=grace,

@@ -255,7 +255,8 @@ class Supervisor:
         if not env["NANOCHAT_BASE_DIR"]:
             env.pop("NANOCHAT_BASE_DIR")
         # nanochat's checkpoint lineage: a stage resumes, loads and prunes only checkpoints of this run
-        env["NANOCHAT_RUN_ID"] = self.rd.run_id
+        # (a training stage of a whole script keeps the script's lineage: its stages load each other's models)
+        env["NANOCHAT_RUN_ID"] = self.plan.get("lineage_id") or self.rd.run_id
         # torchrun's agent SIGKILLs its ranks this long after forwarding a SIGTERM: the same as ours
         env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(max(1, math.ceil(self.stop_timeout)))
         from nanotui.runtime.scripts import shim_env  # a whole bash script: its training stages come back to us

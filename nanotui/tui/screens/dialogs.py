@@ -1,6 +1,7 @@
 """Modal dialogs: OOM decision (ladder buttons + countdown), yes/no confirmation, help."""
 from __future__ import annotations
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -55,6 +56,8 @@ class OomScreen(ModalScreen[None]):
         p = self.pending
         ck = self.last_checkpoint
         ck_text = f"step {ck.get('step')} ({ck.get('stage')})" if ck else "none (restarts from the stage start)"
+        if p.get("note"):  # a script that cannot resume (upstream 2025-11): say plainly what a restart costs
+            ck_text = f"[b yellow]{escape(str(p['note']))}[/]"
         with Vertical(classes="dialog", id="oom-dialog"):
             yield Static(f"[b red]Out of memory[/] in [b]{p.get('stage')}[/] at step [b]{p.get('step')}[/] "
                          f"with DEVICE_BS=[b]{p.get('device_bs')}[/]\nlast checkpoint: {ck_text}",
@@ -76,7 +79,8 @@ class OomScreen(ModalScreen[None]):
         deadline = self.pending.get("deadline")
         label = self.query_one("#countdown", Static)
         if deadline is None:
-            label.update("no automatic choice: the run waits for you")
+            label.update("no automatic choice: the run waits for you" +
+                         ("; a batch button restarts from step 0" if self.pending.get("note") else ""))
             return
         left = float(deadline) - self.clock()
         auto = f"batch {self.ladder[0]}" if self.ladder else "stop"
