@@ -16,7 +16,7 @@ from nanotui.core.dialect import DEFAULT_SAVE_EVERY, OURS, Dialect, parse_source
     scratch_note, script_of
 
 __all__ = ["find_script", "discover", "dialect_of", "cache_dir", "command_plan", "newest_committed_step",
-           "attempt_argv", "stage_dialect", "default_save_every", "resume_words"]
+           "attempt_argv", "stage_dialect", "default_save_every", "resume_words", "resume_refusal"]
 
 _OURS_MARK = "nanochat.trainer"   # our scripts run on the shared trainer; upstream's never import it
 
@@ -180,8 +180,18 @@ def resume_words(stage: Mapping, resume, steps_done: Optional[int] = None) -> st
             return "step 0"
         return "the newest checkpoint" if resume == "latest" else f"checkpoint step {resume}"
     if not d.can_resume:
-        return scratch_note(stage.get("name") or d.script, d, steps_done)
+        return "step 0: " + scratch_note(stage.get("name") or d.script, d, steps_done)
     step = attempt_argv(stage, None, resume)[1]
     if step is None:
         return "step 0 (no committed checkpoint yet)"
     return f"committed step {step} ({d.spelling('resume_from_step')}={step})"
+
+
+def resume_refusal(stage: Optional[Mapping], steps_done: Optional[int], run_id: str) -> Optional[str]:
+    """Why `nanotui resume` without consent must not restart this stage (a script that cannot resume, with steps
+    done that a restart would lose), else None. `--grace` on the resume is the consent."""
+    d = stage_dialect(stage) if stage else None
+    if d is None or d.can_resume or not steps_done:
+        return None
+    return (f"{scratch_note(stage.get('name') or d.script, d, steps_done)}; to restart it from step 0 anyway, "
+            f"run `nanotui resume {run_id} --grace 0`")

@@ -256,6 +256,11 @@ def resume_run(rd: RunDir, step: int | None = None, device_bs: int | None = None
     clash = conflicting_run(plan, Path(plan.get("base_dir") or rd.path.parent.parent), exclude=rd.run_id)
     if clash:
         raise StartError(clash)
+    if grace is None:  # a script that cannot resume (upstream 2025-11) restarts from step 0 only with consent
+        from nanotui.runtime.dialects import resume_refusal
+        refusal = resume_refusal(_resume_stage(rd), st.step, rd.run_id)
+        if refusal:
+            raise StartError(refusal)
     if step is not None:
         check_resume_step(rd, step)
     if device_bs is not None:

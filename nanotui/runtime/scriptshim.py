@@ -108,7 +108,7 @@ def hand_over(script: str, argv: list) -> int:
             return 0
         if child is not None:
             _say(f"{script}: resuming its run {child.run_id}")
-            resume_run(child)
+            resume_run(child, grace=grace)
         else:
             plan, notes = command_plan(argv, data_base, cwd, name=script)
             plan.update(profile=script, parent=parent.run_id, parent_key=key,

@@ -178,3 +178,22 @@ echo "rc=$?"
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
     assert "python is a function" in r.stdout
     assert "args ['a b', 'c']" in r.stdout and "rc=3" in r.stdout, r.stdout + r.stderr
+
+
+def test_resume_of_a_script_that_cannot_resume_needs_consent(checkout, tmp_path):
+    from nanotui.runtime.launch import StartError, resume_run
+    from nanotui.runtime.rundir import RunDir
+    (checkout / "scripts" / "base_train.py").write_text(CONFIG_2025)
+    plan, _ = dialects.command_plan(["python", "-m", "scripts.base_train"], str(tmp_path), str(checkout))
+    stage = plan["stages"][0]
+    assert dialects.resume_refusal(stage, None, "r") is None          # nothing done: nothing lost
+    rd = RunDir.create(tmp_path, plan)
+    st = rd.load_state()
+    st.phase, st.step = "failed", 7
+    st.stages[0].state = "failed"
+    rd.write_state(st)
+    with pytest.raises(StartError) as e:
+        resume_run(rd)
+    assert e.value.code == 2 and "step 0" in str(e.value) and "7 steps done so far are lost" in str(e.value)
+    assert f"nanotui resume {rd.run_id} --grace 0" in str(e.value)
+    assert dialects.resume_words(stage, "latest", 7).startswith("step 0: ")

@@ -1,0 +1,64 @@
+"""Our own speedrun.sh under `nanotui run`: each training stage becomes a supervised run of its own, the rest runs as
+written. `python` on PATH is a recorder that logs its argv and exits 0 (no training), so the real script's control flow
+and the real hand-over (hook, launcher, child supervisors) are exercised quickly; upstream's scripts are covered
+against the real snapshot in test_upstream_dialects.py."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from nanotui.runtime.rundir import list_runs
+
+pytestmark = pytest.mark.slow   # ~15 s: a script run plus three supervised child runs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_speedrun_sh_training_stages_are_supervised_runs(tmp_path):
+    calls = tmp_path / "calls.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    rec = bin_dir / "python"
+    rec.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import os, sys
+        with open({str(calls)!r}, "a") as f:
+            f.write(os.environ.get("NANOCHAT_RUN_ID", "-") + " " + " ".join(sys.argv[1:]) + "\\n")
+        """))
+    rec.chmod(0o755)
+    base = tmp_path / "base"
+    (base / "report").mkdir(parents=True)
+    (base / "report" / "report.md").write_text("# report\\n")
+    script = tmp_path / "speedrun.sh"
+    script.write_text((REPO / "speedrun.sh").read_text())
+    env = {k: v for k, v in os.environ.items() if k not in ("NANOCHAT_RUN_ID", "PYTHON", "BASH_ENV")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", NANOCHAT_BASE_DIR=str(base), PYTHONPATH=str(REPO), PROFILE="cpu-demo",
+               NANOTUI_PLAIN="1", HOME=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "nanotui.cli", "run", "--", "bash", str(script)], capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    parent = next(rd for rd in list_runs(base) if rd.read_plan()["stages"][0].get("script"))
+    deadline = time.monotonic() + 90
+    while (parent.supervisor_alive() or parent.read_state()["phase"] != "done") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert parent.read_state()["phase"] == "done", parent.read_state()
+    kids = sorted((rd for rd in list_runs(base) if rd.read_plan().get("parent") == parent.run_id),
+                  key=lambda rd: rd.read_plan()["created"])
+    assert [rd.read_plan()["stages"][0]["name"] for rd in kids] == ["base_train", "mid_train", "chat_sft"]
+    for rd in kids:
+        st, stage = rd.read_state(), rd.read_plan()["stages"][0]
+        assert st["phase"] == "done" and stage["trains"] and "dialect" not in stage     # ours: argv as before
+        assert rd.read_plan()["lineage_id"] == parent.run_id
+    lines = calls.read_text().splitlines()
+    trained = [ln for ln in lines if any(f"nanochat.scripts.{s} " in ln for s in ("base_train", "mid_train", "chat_sft"))]
+    assert len(trained) == 3 and all(ln.split()[0] == parent.run_id for ln in lines)   # one lineage throughout
+    others = [ln.split()[2] for ln in lines if ln not in trained]
+    assert others[:4] == ["nanochat.report", "nanochat.dataset", "nanochat.scripts.tok_train",
+                          "nanochat.scripts.tok_eval"]
+    subs = [(e["stage"], e["state"]) for e in parent.read_events() if e["type"] == "substage"]
+    assert subs == [("base_train", "running"), ("base_train", "done"), ("mid_train", "running"),
+                    ("mid_train", "done"), ("chat_sft", "running"), ("chat_sft", "done")]
