@@ -249,10 +249,13 @@ def cmd_status(a) -> int:
     rd = _resolve(a.run)
     s = rd.status_summary()
     probes = rd.read_state().get("probes") or []   # --device_batch_size=auto tables (nanotui/runtime/probes.py)
+    from nanotui.runtime.scripts import substage_lines, substages  # a whole script's training stages
     if a.json:
-        print(json.dumps(dict(s, probes=probes), indent=1))
+        print(json.dumps(dict(s, probes=probes, substages=substages(rd)), indent=1))
     else:
         print(_status_line(s))
+        for line in substage_lines(rd):
+            print(line)
         from nanotui.core.vramplan import format_probes
         for line in format_probes(probes):
             print(line)

@@ -16,7 +16,8 @@ from nanotui.core.dialect import DEFAULT_SAVE_EVERY, OURS, Dialect, parse_source
     scratch_note, script_of
 
 __all__ = ["find_script", "discover", "dialect_of", "cache_dir", "command_plan", "newest_committed_step",
-           "attempt_argv", "stage_dialect", "default_save_every", "resume_words", "resume_refusal"]
+           "attempt_argv", "stage_dialect", "default_save_every", "resume_words", "resume_refusal",
+           "dialect_event"]
 
 _OURS_MARK = "nanochat.trainer"   # our scripts run on the shared trainer; upstream's never import it
 
@@ -195,3 +196,13 @@ def resume_refusal(stage: Optional[Mapping], steps_done: Optional[int], run_id: 
         return None
     return (f"{scratch_note(stage.get('name') or d.script, d, steps_done)}; to restart it from step 0 anyway, "
             f"run `nanotui resume {run_id} --grace 0`")
+
+
+def dialect_event(stage: Mapping) -> dict:
+    """Fields of the `dialect` event a stage's first attempt records (and says in its message)."""
+    d = stage.get("dialect") or {}
+    added = stage.get("save_every_added")
+    return {"stage": stage["name"], "version": d.get("version"), "save_every": stage.get("save_every"),
+            "message": f"{stage['name']}: upstream nanochat {d.get('version')} flags" + (
+                f"; nanotui added a periodic save every {stage['save_every']} steps (the script saves only at the "
+                f"end unless told)" if added else "")}

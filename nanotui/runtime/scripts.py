@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["is_shell_script", "run_plan", "shim_env", "SHIM_VARS", "hook_text"]
+__all__ = ["is_shell_script", "run_plan", "shim_env", "SHIM_VARS", "hook_text", "substages", "substage_lines"]
 
 SHIM = Path(__file__).resolve().with_name("scriptshim.py")
 SHIM_VARS = ("BASH_ENV", "NANOTUI_PARENT_RUN", "NANOTUI_SHIM", "NANOTUI_SHIM_PY", "NANOTUI_USER_BASH_ENV")
@@ -77,3 +77,29 @@ def shim_env(run_path: Path, stage: Mapping, env: Mapping) -> dict:
     if user:
         out["NANOTUI_USER_BASH_ENV"] = user
     return out
+
+
+def substages(rd) -> list:
+    """The training stages a script's run handed to runs of their own, in order: [{stage, run_id, phase, step,
+    total, device_bs}] read from its `substage` events and each linked run's state (phase "missing" if gone)."""
+    from nanotui.runtime.rundir import RunDir
+    order = []
+    for ev in rd.read_events():
+        if ev.get("type") == "substage" and ev.get("run_id") and ev["run_id"] not in [o[1] for o in order]:
+            order.append((ev.get("stage"), ev["run_id"]))
+    out = []
+    for stage, run_id in order:
+        child = RunDir(rd.path.parent / run_id)
+        st = child.read_state() if child.run_json.is_file() else {}
+        out.append({"stage": stage, "run_id": run_id, "phase": st.get("phase", "missing"), "step": st.get("step"),
+                    "total": st.get("total"), "device_bs": st.get("device_bs")})
+    return out
+
+
+def substage_lines(rd) -> list:
+    lines = []
+    for s in substages(rd):
+        prog = f" step {s['step']}/{s['total']}" if s["step"] is not None and s["total"] else ""
+        bs = f" B={s['device_bs']}" if s["device_bs"] else ""
+        lines.append(f"  {s['stage']}: run {s['run_id']} {s['phase']}{prog}{bs}")
+    return lines

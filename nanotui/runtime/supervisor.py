@@ -306,11 +306,8 @@ class Supervisor:
         self.event("stage_started", stage=stage["name"], index=idx, attempt=attempt, argv=argv,
                    device_bs=device_bs, log=st.log, pid=proc.pid)
         if stage.get("dialect") and attempt == 1:   # an upstream script: its dialect, and a save nanotui added
-            d = stage["dialect"]
-            self.event("dialect", stage=stage["name"], version=d.get("version"), save_every=stage.get("save_every"),
-                       message=f"{stage['name']}: upstream nanochat {d.get('version')} flags" + (
-                           f"; nanotui added a periodic save every {stage['save_every']} steps (the script saves "
-                           f"only at the end unless told)" if stage.get("save_every_added") else ""))
+            from nanotui.runtime.dialects import dialect_event
+            self.event("dialect", **dialect_event(stage))
         return proc, log, exit_file
 
     def _stage_got_signal(self, exit_file: Path) -> bool:

@@ -18,16 +18,20 @@ pytestmark = pytest.mark.slow   # ~15 s: a script run plus three supervised chil
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_speedrun_sh_training_stages_are_supervised_runs(tmp_path):
+def start_speedrun(tmp_path, sleep_in=None):
+    """`nanotui run -- bash speedrun.sh` (PROFILE=cpu-demo) with a recording `python` first on PATH; with
+    `sleep_in`, the recorder sleeps when it is that training stage. Returns (base dir, calls file)."""
     calls = tmp_path / "calls.txt"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     rec = bin_dir / "python"
     rec.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
-        import os, sys
+        import os, sys, time
         with open({str(calls)!r}, "a") as f:
             f.write(os.environ.get("NANOCHAT_RUN_ID", "-") + " " + " ".join(sys.argv[1:]) + "\\n")
+        if {sleep_in!r} and any(a.endswith({str(sleep_in)!r}) for a in sys.argv):
+            time.sleep(120)
         """))
     rec.chmod(0o755)
     base = tmp_path / "base"
@@ -38,14 +42,28 @@ def test_speedrun_sh_training_stages_are_supervised_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("NANOCHAT_RUN_ID", "PYTHON", "BASH_ENV")}
     env.update(PATH=f"{bin_dir}:{env['PATH']}", NANOCHAT_BASE_DIR=str(base), PYTHONPATH=str(REPO), PROFILE="cpu-demo",
                NANOTUI_PLAIN="1", HOME=str(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "nanotui.cli", "run", "--", "bash", str(script)], capture_output=True,
-                       text=True, timeout=60, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    r = cli(tmp_path, env, "run", "--stop-timeout", "10", "--", "bash", str(script))
     assert r.returncode == 0, r.stdout + r.stderr
-    parent = next(rd for rd in list_runs(base) if rd.read_plan()["stages"][0].get("script"))
-    deadline = time.monotonic() + 90
-    while (parent.supervisor_alive() or parent.read_state()["phase"] != "done") and time.monotonic() < deadline:
+    return base, calls, env
+
+
+def cli(cwd, env, *args):
+    return subprocess.run([sys.executable, "-m", "nanotui.cli", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+
+
+def wait_end(rd, timeout=90):
+    deadline = time.monotonic() + timeout
+    while (rd.supervisor_alive() or rd.read_state()["phase"] in ("starting", "running", "waiting")) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert parent.read_state()["phase"] == "done", parent.read_state()
+    return rd.read_state()["phase"]
+
+
+def test_speedrun_sh_training_stages_are_supervised_runs(tmp_path):
+    base, calls, env = start_speedrun(tmp_path)
+    parent = next(rd for rd in list_runs(base) if rd.read_plan()["stages"][0].get("script"))
+    assert wait_end(parent) == "done", parent.read_state()
     kids = sorted((rd for rd in list_runs(base) if rd.read_plan().get("parent") == parent.run_id),
                   key=lambda rd: rd.read_plan()["created"])
     assert [rd.read_plan()["stages"][0]["name"] for rd in kids] == ["base_train", "mid_train", "chat_sft"]
@@ -62,3 +80,21 @@ def test_speedrun_sh_training_stages_are_supervised_runs(tmp_path):
     subs = [(e["stage"], e["state"]) for e in parent.read_events() if e["type"] == "substage"]
     assert subs == [("base_train", "running"), ("base_train", "done"), ("mid_train", "running"),
                     ("mid_train", "done"), ("chat_sft", "running"), ("chat_sft", "done")]
+    status = cli(tmp_path, env, "status", parent.run_id).stdout
+    for rd in kids:
+        assert f"{rd.read_plan()['stages'][0]['name']}: run {rd.run_id} done" in status
+
+
+@pytest.mark.parametrize("which", ["script", "stage"])
+def test_stopping_either_run_stops_the_training_stage_and_the_script(tmp_path, which):
+    base, calls, env = start_speedrun(tmp_path, sleep_in="nanochat.scripts.base_train")
+    parent = next(rd for rd in list_runs(base) if rd.read_plan()["stages"][0].get("script"))
+    deadline = time.monotonic() + 60
+    while not [rd for rd in list_runs(base) if rd.read_plan().get("parent") == parent.run_id and
+               rd.read_state()["phase"] == "running"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = next(rd for rd in list_runs(base) if rd.read_plan().get("parent") == parent.run_id)
+    r = cli(tmp_path, env, "stop", parent.run_id if which == "script" else child.run_id)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert wait_end(child) == "stopped" and wait_end(parent) == "stopped"
+    assert "mid_train" not in calls.read_text()          # the script did not go on to its next stage
