@@ -94,6 +94,10 @@ def command_plan(argv: Sequence[str], base_dir: str, cwd: Optional[str], name: s
         return plan, notes
     stage["dialect"] = d.to_dict()
     stage["ckpt_dir"] = os.path.join(base_dir, stage["ckpt_subdir"]) if stage.get("ckpt_subdir") else None
+    inherited = _inherit_from_base(stage, d, argv, base_dir)
+    if inherited:
+        notes.append(f"{name}: batch settings inherited from the base checkpoint: " +
+                     ", ".join(f"{k}={v}" for k, v in inherited.items()))
     where = f"{name}: {d.script} is {d.label} ({d.style} flags"
     if d.can_resume and d.has("save_every") and not save_every_given(argv):
         every = default_save_every()
@@ -107,6 +111,36 @@ def command_plan(argv: Sequence[str], base_dir: str, cwd: Optional[str], name: s
     else:
         notes.append(f"{where}); resumes with {d.spelling('resume_from_step')}=<newest committed step>")
     return plan, notes
+
+
+# what upstream 2026 SFT uses when neither its flags nor the base checkpoint's meta say (its own fallbacks)
+_SFT_INHERITS = (("device_bs", "device_batch_size", 32), ("seq_len", "max_seq_len", 2048),
+                 ("total_batch_size", "total_batch_size", 524288))
+
+
+def _inherit_from_base(stage: dict, d: Dialect, argv: Sequence[str], base_dir: str) -> dict:
+    """Upstream 2026 SFT takes device batch, sequence length and total batch from the base checkpoint it loads
+    unless given: read them the same way (newest meta of base_checkpoints/<tag>, or `--model-step`), so the OOM
+    ladder has a batch to lower and a total to keep. Returns what was filled in."""
+    from nanotui.core.argvflags import flag_value
+    if d.script != "chat_sft" or d.defaults.get("device_batch_size", 0) is not None or not stage.get("model_tag"):
+        return {}
+    src = Path(base_dir) / "base_checkpoints" / stage["model_tag"]
+    step = flag_value(argv, "model_step")
+    metas = sorted(src.glob("meta_*.json")) if step is None else [src / f"meta_{int(step):06d}.json"]
+    try:
+        meta = json.loads(metas[-1].read_text()) if metas else None
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        return {}
+    filled = {}
+    for field_name, key, fallback in _SFT_INHERITS:
+        if stage.get(field_name) is None:
+            value = meta.get(key)
+            stage[field_name] = value if isinstance(value, int) and not isinstance(value, bool) else fallback
+            filled[key] = stage[field_name]
+    return filled
 
 
 # ---------------------------------------------------------------- upstream checkpoints
@@ -181,7 +215,7 @@ def resume_words(stage: Mapping, resume, steps_done: Optional[int] = None) -> st
             return "step 0"
         return "the newest checkpoint" if resume == "latest" else f"checkpoint step {resume}"
     if not d.can_resume:
-        return "step 0: " + scratch_note(stage.get("name") or d.script, d, steps_done)
+        return "step 0: " + scratch_note(d.script or stage.get("name"), d, steps_done)
     step = attempt_argv(stage, None, resume)[1]
     if step is None:
         return "step 0 (no committed checkpoint yet)"
@@ -194,7 +228,7 @@ def resume_refusal(stage: Optional[Mapping], steps_done: Optional[int], run_id: 
     d = stage_dialect(stage) if stage else None
     if d is None or d.can_resume or not steps_done:
         return None
-    return (f"{scratch_note(stage.get('name') or d.script, d, steps_done)}; to restart it from step 0 anyway, "
+    return (f"{scratch_note(d.script or stage.get('name'), d, steps_done)}; to restart it from step 0 anyway, "
             f"run `nanotui resume {run_id} --grace 0`")
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow   # ~15 s: a script run plus three supervised chil
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_speedrun(tmp_path, sleep_in=None):
+def start_speedrun(tmp_path, sleep_in=None, fail_once_in=None):
     """`nanotui run -- bash speedrun.sh` (PROFILE=cpu-demo) with a recording `python` first on PATH; with
     `sleep_in`, the recorder sleeps when it is that training stage. Returns (base dir, calls file)."""
     calls = tmp_path / "calls.txt"
@@ -32,6 +32,11 @@ def start_speedrun(tmp_path, sleep_in=None):
             f.write(os.environ.get("NANOCHAT_RUN_ID", "-") + " " + " ".join(sys.argv[1:]) + "\\n")
         if {sleep_in!r} and any(a.endswith({str(sleep_in)!r}) for a in sys.argv):
             time.sleep(120)
+        failed = {str(tmp_path / "failed_once")!r}
+        if {fail_once_in!r} and any(a.endswith({str(fail_once_in)!r}) for a in sys.argv) and not os.path.exists(failed):
+            open(failed, "w").close()
+            print("error: simulated crash", flush=True)
+            sys.exit(1)
         """))
     rec.chmod(0o755)
     base = tmp_path / "base"
@@ -98,3 +103,24 @@ def test_stopping_either_run_stops_the_training_stage_and_the_script(tmp_path, w
     assert r.returncode == 0, r.stdout + r.stderr
     assert wait_end(child) == "stopped" and wait_end(parent) == "stopped"
     assert "mid_train" not in calls.read_text()          # the script did not go on to its next stage
+
+
+def test_resuming_the_script_skips_finished_stages_and_resumes_the_failed_one(tmp_path):
+    base, calls, env = start_speedrun(tmp_path, fail_once_in="nanochat.scripts.mid_train")
+    parent = next(rd for rd in list_runs(base) if rd.read_plan()["stages"][0].get("script"))
+    assert wait_end(parent) == "failed"                 # speedrun.sh is `set -e`: a failed stage ends it
+    kids = {rd.read_plan()["stages"][0]["name"]: rd for rd in list_runs(base)
+            if rd.read_plan().get("parent") == parent.run_id}
+    assert sorted(kids) == ["base_train", "mid_train"] and kids["mid_train"].read_state()["phase"] == "failed"
+    r = cli(tmp_path, env, "resume", parent.run_id)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert wait_end(parent) == "done", parent.read_state()
+    again = {rd.read_plan()["stages"][0]["name"]: rd for rd in list_runs(base)
+             if rd.read_plan().get("parent") == parent.run_id}
+    assert sorted(again) == ["base_train", "chat_sft", "mid_train"]       # no new run for the first two
+    assert again["mid_train"].run_id == kids["mid_train"].run_id and again["mid_train"].read_state()["phase"] == "done"
+    text = calls.read_text()
+    assert text.count("nanochat.scripts.base_train") == 1                # done: skipped, not trained again
+    assert text.count("nanochat.scripts.mid_train") == 2 and "--resume_from_step=latest" in text
+    log = parent.list_logs()[-1].read_text()
+    assert "base_train: already done in run" in log and f"resuming its run {kids['mid_train'].run_id}" in log

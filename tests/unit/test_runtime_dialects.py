@@ -197,3 +197,33 @@ def test_resume_of_a_script_that_cannot_resume_needs_consent(checkout, tmp_path)
     assert e.value.code == 2 and "step 0" in str(e.value) and "7 steps done so far are lost" in str(e.value)
     assert f"nanotui resume {rd.run_id} --grace 0" in str(e.value)
     assert dialects.resume_words(stage, "latest", 7).startswith("step 0: ")
+
+
+SFT_2026 = textwrap.dedent("""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-tag", type=str, default=None)
+    parser.add_argument("--model-step", type=int, default=None)
+    parser.add_argument("--device-batch-size", type=int, default=None, help="None: inherit")
+    parser.add_argument("--max-seq-len", type=int, default=None)
+    parser.add_argument("--total-batch-size", type=int, default=None)
+""")
+
+
+def test_2026_sft_inherits_batch_settings_from_its_base_checkpoint(checkout, tmp_path):
+    (checkout / "scripts" / "chat_sft.py").write_text(SFT_2026)
+    src = tmp_path / "base_checkpoints" / "d4"
+    src.mkdir(parents=True)
+    (src / "meta_000010.json").write_text(json.dumps({"device_batch_size": 8, "max_seq_len": 128}))
+    (src / "meta_000020.json").write_text(json.dumps({"device_batch_size": 4, "max_seq_len": 256,
+                                                      "total_batch_size": 4096}))
+    plan, notes = dialects.command_plan(["python", "-m", "scripts.chat_sft"], str(tmp_path), str(checkout))
+    st = plan["stages"][0]
+    assert (st["ckpt_subdir"], st["device_bs"], st["seq_len"], st["total_batch_size"]) == \
+        ("chatsft_checkpoints/d4", 4, 256, 4096)
+    assert "inherited from the base checkpoint" in notes[0]
+    assert dialects.attempt_argv(st, 2, "latest")[0][-1] == "--device-batch-size=2"   # the fallback is explicit
+    plan, _ = dialects.command_plan(["python", "-m", "scripts.chat_sft", "--model-step=10", "--device-batch-size=2"],
+                                    str(tmp_path), str(checkout))
+    st = plan["stages"][0]
+    assert (st["device_bs"], st["seq_len"], st["total_batch_size"]) == (2, 128, 524288)   # upstream's fallback
