@@ -71,7 +71,10 @@ def discover(path: Path, script: str) -> Dialect:
 
 def dialect_of(argv: Sequence[str], cwd: Optional[str]) -> Optional[Dialect]:
     found = find_script(argv, cwd)
-    return discover(*found) if found else None
+    try:
+        return discover(*found) if found else None
+    except OSError:   # unreadable script: supervised as before, without a dialect
+        return None
 
 
 def default_save_every() -> int:

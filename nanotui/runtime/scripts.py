@@ -22,13 +22,12 @@ _SHELLS = ("bash",)
 
 
 def is_shell_script(argv: Sequence[str]) -> bool:
-    """`bash X.sh ...` (options before the file allowed), or `X.sh` itself with a bash shebang."""
+    """`bash X.sh ...` or `bash -c '...'` (bash reads BASH_ENV in both), or `X.sh` itself with a bash shebang."""
     argv = [str(a) for a in argv]
     if not argv:
         return False
     if os.path.basename(argv[0]) in _SHELLS:
-        rest = [a for a in argv[1:] if not a.startswith("-")]
-        return bool(rest) and "-c" not in argv[1:]
+        return any(not a.startswith("-") for a in argv[1:])
     if argv[0].endswith(".sh"):
         try:
             with open(argv[0], "rb") as f:

@@ -151,7 +151,8 @@ def test_shell_scripts_are_recognised(tmp_path):
     sh = tmp_path / "run.sh"
     sh.write_text("#!/bin/bash\necho hi\n")
     assert scripts.is_shell_script(["bash", "runs/speedrun.sh"]) and scripts.is_shell_script([str(sh)])
-    assert not scripts.is_shell_script(["bash", "-c", "echo"]) and not scripts.is_shell_script(["python", "x.py"])
+    assert scripts.is_shell_script(["bash", "-c", "python -m scripts.base_train"])   # bash -c reads BASH_ENV too
+    assert not scripts.is_shell_script(["bash"]) and not scripts.is_shell_script(["python", "x.py"])
     plan, notes = scripts.run_plan(["bash", str(sh)], str(tmp_path), str(tmp_path))
     assert plan["stages"][0]["script"] and not plan["stages"][0]["trains"] and "whole script" in notes[0]
 
