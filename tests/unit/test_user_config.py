@@ -90,3 +90,33 @@ def test_minimal_parser_for_python_without_tomllib():
     assert parse_minimal(text) == tomllib.loads(text)
     with pytest.raises(ValueError, match="line 2"):
         parse_minimal('wandb_run = "a"\n[table]\n')
+
+
+def test_notify_url_precedence(user_config):
+    from nanotui.runtime.settings import notify_url
+    assert notify_url({}, {}) == (None, "default")
+    user_config('notify_url = "https://ntfy.sh/from-file"\n')
+    assert notify_url({}, {}) == ("https://ntfy.sh/from-file", "file")
+    assert notify_url({}, {"NANOTUI_NOTIFY_URL": "http://127.0.0.1:1/e"}) == ("http://127.0.0.1:1/e", "env")
+    assert notify_url({"notify_url": "http://127.0.0.1:1/flag"}, {"NANOTUI_NOTIFY_URL": "http://x/e"})[1] == "flag"
+    assert notify_url({"notify_url": "off"}, {})[0] is None
+    user_config("notify_url = nope\n")
+    url, why = notify_url({}, {})
+    assert url is None and "not valid TOML" in why   # the supervisor runs on, without posts
+
+
+def test_interrupted_runs_only():
+    from nanotui.core.resumable import interrupted
+    assert interrupted({"phase": "running"}, False, False)
+    assert interrupted({"phase": "waiting"}, False, False)
+    assert interrupted({"phase": "running"}, True, False) is None       # live
+    assert interrupted({"phase": "running"}, False, True) is None       # its stage still runs: adopt, not resume
+    assert interrupted({"phase": "stopped", "stop_cause": "signal", "reason": "supervisor received SIGTERM"},
+                       False, False)
+    assert interrupted({"phase": "stopped", "reason": "supervisor received SIGTERM"}, False, False)   # older runs
+    assert interrupted({"phase": "stopped", "stop_cause": "request", "reason": "stopped by user"}, False, False) \
+        is None
+    assert interrupted({"phase": "stopped", "stop_cause": "oom", "reason": "out of memory at B=1"}, False, False) \
+        is None
+    for phase in ("done", "failed"):
+        assert interrupted({"phase": phase}, False, False) is None
