@@ -93,15 +93,18 @@ def test_minimal_parser_for_python_without_tomllib():
 
 
 def test_notify_url_precedence(user_config):
+    import os
     from nanotui.runtime.settings import notify_url
-    assert notify_url({}, {}) == (None, "default")
+    xdg = {"XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}
+    assert notify_url({}, xdg) == (None, "default")
     user_config('notify_url = "https://ntfy.sh/from-file"\n')
-    assert notify_url({}, {}) == ("https://ntfy.sh/from-file", "file")
-    assert notify_url({}, {"NANOTUI_NOTIFY_URL": "http://127.0.0.1:1/e"}) == ("http://127.0.0.1:1/e", "env")
-    assert notify_url({"notify_url": "http://127.0.0.1:1/flag"}, {"NANOTUI_NOTIFY_URL": "http://x/e"})[1] == "flag"
-    assert notify_url({"notify_url": "off"}, {})[0] is None
+    assert notify_url({}, xdg) == ("https://ntfy.sh/from-file", "file")
+    assert notify_url({}, dict(xdg, NANOTUI_NOTIFY_URL="http://127.0.0.1:1/e")) == ("http://127.0.0.1:1/e", "env")
+    assert notify_url({"notify_url": "http://127.0.0.1:1/flag"}, dict(xdg, NANOTUI_NOTIFY_URL="http://x/e"))[1] \
+        == "flag"
+    assert notify_url({"notify_url": "off"}, xdg)[0] is None
     user_config("notify_url = nope\n")
-    url, why = notify_url({}, {})
+    url, why = notify_url({}, xdg)
     assert url is None and "not valid TOML" in why   # the supervisor runs on, without posts
 
 
