@@ -708,9 +708,11 @@ class Trainer:
             return
         try:
             import wandb
-            self.wandb_run = wandb.init(project=self.wandb_project, name=run_name, id=self.wandb_run_id,
-                                        resume="allow", config=self.user_config)
+            self.wandb_run = wandb.init(project=os.environ.get("WANDB_PROJECT") or self.wandb_project, name=run_name,
+                                        id=self.wandb_run_id, resume="allow", config=self.user_config)
             print0(f"W&B run: {run_name} (id {self.wandb_run_id})")
+            if getattr(self.wandb_run, "url", None):  # nanotui shows it in `status` and the dashboard header
+                print0(f"W&B run URL: {self.wandb_run.url}")
         except Exception as exc:  # no login, no network: training matters more than the dashboard
             print0(f"W&B logging disabled: {' '.join(str(exc).split())[:200]}")
             self.wandb_run = _DummyWandb()

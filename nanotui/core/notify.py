@@ -7,8 +7,9 @@ from typing import Mapping
 
 # events.jsonl kinds an attached dashboard announces (toast + bell + desktop notification)
 NOTICE_KINDS = ("oom", "waiting", "fallback", "carried_bs", "stage_done", "crashed", "failed", "stopped", "done",
-                "disk_full")
+                "disk_full", "wandb_failed")
 SEVERITY = {"oom": "error", "crashed": "error", "failed": "error", "disk_full": "error", "waiting": "warning",
+            "wandb_failed": "warning",
             "fallback": "warning", "carried_bs": "warning",
             "stopped": "warning", "stage_done": "information", "done": "information"}
 MAX_MESSAGE = 200

@@ -27,10 +27,11 @@ from pathlib import Path
 
 from nanotui.core import oom as policy
 from nanotui.core.argvflags import flag_value
-from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step
+from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step, WandbInfo
 from nanotui.core.logparse import LogParser
 from nanotui.core.runstate import (EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest, PendingOomRecord,
                                    RestartRequest, RunState, StopRequest)
+from nanotui.core.wandbinfo import wandb_update
 from nanotui.runtime import probes, procs, webhook
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
@@ -355,6 +356,8 @@ class Supervisor:
                         self.state.seq_len = ev.value.get("seq_len") or self.state.seq_len
                     elif t is BatchProbe or t is BatchChoice:
                         self._on_probe(idx, recorder.observe(ev), quiet)
+                    elif t is WandbInfo:   # run URL for status/header; a failed W&B start is a notice
+                        self._on_wandb(stage["name"], ev, quiet)
 
         if catch_up:
             while True:
@@ -451,6 +454,14 @@ class Supervisor:
         if not quiet:
             chosen = record.get("device_bs") or "none fits"
             self.event("device_bs_probe", message=f"{record['stage']}: device_batch_size auto -> {chosen}", **record)
+
+    def _on_wandb(self, stage: str, info, quiet: bool) -> None:
+        found = wandb_update(self.state.extra, info, stage)
+        if found:
+            self.save_state()
+            if not quiet:
+                kind, fields, message = found
+                self.event(kind, notify=kind if kind == "wandb_failed" else None, message=message, **fields)
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
