@@ -18,11 +18,10 @@ from supervisor_helpers import cli  # noqa: E402
 URL = "https://wandb.ai/djhenny/nanochat/runs/ab12cd34"
 
 
-def _trainer_stub(run="djhenny-nanochat-speedrun-4090"):
-    from nanochat.trainer import Trainer
-    ns = types.SimpleNamespace(args=types.SimpleNamespace(run=run), wandb_run_id="ab12cd34", master=True,
-                               wandb_project="nanochat", user_config={"depth": 2})
-    return Trainer, ns
+def _start(run="djhenny-nanochat-speedrun-4090"):
+    """What the trainer does at setup (nanochat/training/wandb_run.py), on rank 0."""
+    from nanochat.training.wandb_run import start_wandb
+    return start_wandb(project="nanochat", run_name=run, run_id="ab12cd34", master=True, config={"depth": 2})
 
 
 def test_trainer_prints_the_url_and_uses_the_configured_project(monkeypatch, capsys):
@@ -42,8 +41,7 @@ def test_trainer_prints_the_url_and_uses_the_configured_project(monkeypatch, cap
         return Run()
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))  # stands in for the W&B servers
     monkeypatch.setenv("WANDB_PROJECT", "speedrun")
-    Trainer, ns = _trainer_stub()
-    Trainer._init_wandb(ns)
+    _start()
     out = capsys.readouterr().out.splitlines()
     assert calls["project"] == "speedrun" and calls["name"] == "djhenny-nanochat-speedrun-4090"
     assert out == ["W&B run: djhenny-nanochat-speedrun-4090 (id ab12cd34)", f"W&B run URL: {URL}"]
@@ -56,12 +54,11 @@ def test_real_wandb_without_login_is_one_line(monkeypatch, capsys, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    Trainer, ns = _trainer_stub()
-    Trainer._init_wandb(ns)
+    run = _start()
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("W&B logging disabled: ")
     assert parse_line(out[0]).error and "API key" in out[0]
-    assert type(ns.wandb_run).__name__ == "_DummyWandb"
+    assert type(run).__name__ == "DummyWandb"
 
 
 def _run(base_dir, tag, lines):
