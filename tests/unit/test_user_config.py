@@ -123,3 +123,35 @@ def test_interrupted_runs_only():
         is None
     for phase in ("done", "failed"):
         assert interrupted({"phase": phase}, False, False) is None
+
+
+def _nanotui(*args, env=None):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "nanotui.cli", *args], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **(env or {})), stdin=subprocess.DEVNULL)
+
+
+def test_nanotui_config_shows_each_value_and_its_source(user_config):
+    import json
+    path = user_config(SEED + 'profile = "4090"\n')
+    r = _nanotui("config", "--notify-url", "https://ntfy.sh/t", env={"WANDB_PROJECT": "speedrun"})
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in r.stdout.splitlines()[1:]}
+    assert r.stdout.splitlines()[0] == f"config file: {path}"
+    assert rows["wandb_run"] == ["djhenny-nanochat-speedrun-4090", "file"]
+    assert rows["wandb_project"] == ["speedrun", "env (WANDB_PROJECT)"]
+    assert rows["notify_url"] == ["https://ntfy.sh/t", "flag (--notify-url)"]
+    assert rows["wandb_entity"] == ["-", "default"]
+    assert _nanotui("config", "wandb_run", env={"WANDB_RUN": "x"}).stdout == "x\n"
+    got = json.loads(_nanotui("config", "--json").stdout)
+    assert got["found"] and got["settings"]["profile"] == {"value": "4090", "source": "file", "where": str(path)}
+    bad = _nanotui("config", "wandb_rn")
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1
+    user_config("profile = 4090\n")
+    for args in (("config",), ("start",)):
+        r = _nanotui(*args)
+        assert r.returncode == 2 and "config.toml: profile must be a non-empty string in quotes" in r.stderr
+        assert r.stderr.count("\n") == 1
+        assert "Traceback" not in r.stderr
