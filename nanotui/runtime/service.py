@@ -25,6 +25,7 @@ class UnitSettings:
     base_dir: str
     path_env: str
     unit_name: str = UNIT_NAME
+    extra_env: tuple = ()   # more ("NAME", "value") pairs for the unit's environment
 
 
 def unit_settings(unit_name: str = UNIT_NAME) -> UnitSettings:
@@ -53,6 +54,7 @@ def unit_text(s: UnitSettings) -> str:
         f"Environment={_quote('NANOCHAT_BASE_DIR=' + s.base_dir)}\n"
         f"Environment={_quote('PATH=' + s.path_env)}\n"
         "Environment=PYTHONUNBUFFERED=1\n"
+        + "".join(f"Environment={_quote(k + '=' + v)}\n" for k, v in s.extra_env) +
         f"ExecStart={_quote(s.python)} -m nanotui.cli resume --all-unfinished\n"
         "TimeoutStartSec=600\n"
         f"TimeoutStopSec={STOP_TIMEOUT_S}\n"

@@ -123,11 +123,12 @@ def test_service_install_refuses_without_systemd(tmp_path):
 
 @pytest.mark.skipif(SYSTEMD_MISSING is not None, reason=f"no systemd user manager here: {SYSTEMD_MISSING}")
 def test_installed_unit_resumes_with_real_systemd(base_dir, monkeypatch):  # pragma: no cover - needs systemd
+    isolated = os.environ["XDG_CONFIG_HOME"]   # no nanotui config file (and so no notify_url) of the real user
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)   # the user manager reads ~/.config/systemd/user
     a, b, c, d = _interrupted_runs(base_dir)
     name = f"nanotui-resume-test-{os.getpid()}.service"
     settings = service.UnitSettings(python=sys.executable, base_dir=str(base_dir), path_env=os.environ["PATH"],
-                                    unit_name=name)
+                                    unit_name=name, extra_env=(("XDG_CONFIG_HOME", isolated),))
     try:
         service.install(settings=settings)
         assert (service.unit_dir() / name).exists()
