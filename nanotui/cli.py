@@ -108,6 +108,8 @@ def cmd_plan(a) -> int:
     """`nanotui plan --profile P [--gpu NAME] [--headroom F]`: predicted memory per DEVICE_BS of each training stage."""
     from nanotui.core.plan import PlanError, build_plan, collect_overrides
     from nanotui.core.vramplan import choose_gpu, format_plan, plan_vram
+    from nanotui.usercli import start_profile
+    a.profile = start_profile(a.profile)   # --profile, NANOTUI_PROFILE or the config file
     flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc}
     try:
         plan = build_plan(a.profile, collect_overrides(os.environ, flags), python=sys.executable).to_dict()
@@ -482,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_start)
 
     sp = sub.add_parser("plan", help="predicted VRAM per DEVICE_BS for each training stage of a profile")
-    sp.add_argument("--profile", required=True)
+    sp.add_argument("--profile", help="default: NANOTUI_PROFILE or `profile` in the config file")
     sp.add_argument("--gpu", help="4090, h100, a100, ... or a size in GiB (default: the detected GPU, else the "
                                   "profile's)")
     sp.add_argument("--headroom", help="fraction of the card left free (default 0.1)")

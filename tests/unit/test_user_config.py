@@ -155,3 +155,12 @@ def test_nanotui_config_shows_each_value_and_its_source(user_config):
         assert r.returncode == 2 and "config.toml: profile must be a non-empty string in quotes" in r.stderr
         assert r.stderr.count("\n") == 1
         assert "Traceback" not in r.stderr
+
+
+def test_plan_and_start_take_the_configured_profile(user_config, capsys):
+    from nanotui import cli
+    assert cli.main(["plan", "--gpu", "4090"]) == 2
+    assert "choose a profile" in capsys.readouterr().err
+    user_config('profile = "4090"\n')
+    assert cli.main(["plan", "--gpu", "4090"]) == 0
+    assert "VRAM plan for profile 4090" in capsys.readouterr().out
