@@ -164,3 +164,11 @@ def test_plan_and_start_take_the_configured_profile(user_config, capsys):
     user_config('profile = "4090"\n')
     assert cli.main(["plan", "--gpu", "4090"]) == 0
     assert "VRAM plan for profile 4090" in capsys.readouterr().out
+
+
+def test_bad_notify_url_flag_is_refused_before_anything_is_written(base_dir, capsys):
+    from nanotui import cli
+    assert cli.main(["start", "--profile", "cpu-demo", "--notify-url", "ftp://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--notify-url must be an http:// or https:// URL" in err
+    assert not (base_dir / "runs").exists()
