@@ -88,7 +88,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Assumptions:
-    """The memory model's knobs; every default is stated in README "Choosing DEVICE_BS".
+    """The memory model's knobs; every default is stated in docs/device-batch-size.md.
 
     cuda: bf16 autocast, bf16 token embedding, fp32 master weights elsewhere (off: everything fp32, as on CPU).
     compiled: torch.compile'd training forward (base/mid); SFT trains eagerly (variable shapes).
