@@ -16,7 +16,8 @@ from nanotui.core.dialect import DEFAULT_SAVE_EVERY, OURS, Dialect, parse_source
     scratch_note, script_of
 
 __all__ = ["find_script", "discover", "dialect_of", "cache_dir", "command_plan", "newest_committed_step",
-           "attempt_argv", "stage_dialect", "default_save_every", "resume_words", "resume_refusal",
+           "committed_steps",
+           "attempt_argv", "stage_dialect", "default_save_every", "resume_words", "resume_refusal", "upstream_step_problem",
            "dialect_event"]
 
 _OURS_MARK = "nanochat.trainer"   # our scripts run on the shared trainer; upstream's never import it
@@ -163,30 +164,39 @@ def _complete_zip(path: Path) -> bool:
         return False
 
 
-def newest_committed_step(ckpt_dir: Optional[str], world_size: int = 1) -> Optional[int]:
-    """The newest step of an upstream checkpoint directory that is complete: its meta JSON parses, and its model
-    file and optimizer file(s) (2026: `optim_<step>_rank<r>.pt` for every rank; 2025-11: `optim_<step>.pt`) are
-    whole torch archives. Upstream writes these files in place and its meta before its optimizer state, so a
-    step whose writing was cut short is skipped. None when there is none."""
-    if not ckpt_dir:
-        return None
+def _committed(root: Path, step: int, world_size: int) -> bool:
     try:
-        names = os.listdir(ckpt_dir)
+        json.loads((root / f"meta_{step:06d}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not _complete_zip(root / f"model_{step:06d}.pt"):
+        return False
+    ranks = [root / f"optim_{step:06d}_rank{r}.pt" for r in range(max(1, world_size))]
+    return all(_complete_zip(p) for p in ranks) or _complete_zip(root / f"optim_{step:06d}.pt")
+
+
+def committed_steps(ckpt_dir: Optional[str], world_size: int = 1, newest_only: bool = False) -> list:
+    """The steps of an upstream checkpoint directory that are complete, oldest first: the meta JSON parses, and
+    the model file and optimizer file(s) (2026: `optim_<step>_rank<r>.pt` for every rank; 2025-11:
+    `optim_<step>.pt`) are whole torch archives. Upstream writes these files in place and its meta before its
+    optimizer state, so a step whose writing was cut short is left out."""
+    try:
+        names = os.listdir(ckpt_dir) if ckpt_dir else []
     except OSError:
-        return None
-    steps = sorted((int(m.group(1)) for m in map(_META_RE.match, names) if m), reverse=True)
-    root = Path(ckpt_dir)
-    for step in steps:
-        try:
-            json.loads((root / f"meta_{step:06d}.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if not _complete_zip(root / f"model_{step:06d}.pt"):
-            continue
-        ranks = [root / f"optim_{step:06d}_rank{r}.pt" for r in range(max(1, world_size))]
-        if all(_complete_zip(p) for p in ranks) or _complete_zip(root / f"optim_{step:06d}.pt"):
-            return step
-    return None
+        return []
+    root, found = Path(ckpt_dir or "."), []
+    for step in sorted((int(m.group(1)) for m in map(_META_RE.match, names) if m), reverse=True):
+        if _committed(root, step, world_size):
+            found.append(step)
+            if newest_only:
+                break
+    return found[::-1]
+
+
+def newest_committed_step(ckpt_dir: Optional[str], world_size: int = 1) -> Optional[int]:
+    """The newest committed step (see committed_steps), None when there is none."""
+    steps = committed_steps(ckpt_dir, world_size, newest_only=True)
+    return steps[-1] if steps else None
 
 
 # ---------------------------------------------------------------- the supervisor's hook
@@ -243,3 +253,16 @@ def dialect_event(stage: Mapping) -> dict:
             "message": f"{stage['name']}: upstream nanochat {d.get('version')} flags" + (
                 f"; nanotui added a periodic save every {stage['save_every']} steps (the script saves only at the "
                 f"end unless told)" if added else "")}
+
+
+def upstream_step_problem(stage: Mapping, step: int) -> Optional[str]:
+    """Why `nanotui resume --step S` cannot restart this upstream stage at S, else None: the script cannot
+    resume, or S is not a committed step of its checkpoint directory (upstream's checkpoints name no run)."""
+    d = stage_dialect(stage)
+    if d is not None and not d.can_resume:
+        return f"{d.script} ({d.label}) cannot resume from a step; leave --step out"
+    steps = committed_steps(stage.get("ckpt_dir"), int(stage.get("world_size") or 1))
+    if step in steps:
+        return None
+    return (f"{stage.get('name')}: no committed checkpoint at step {step} in {stage.get('ckpt_dir')}; "
+            f"committed steps: {', '.join(map(str, steps)) or 'none'}")

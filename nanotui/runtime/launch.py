@@ -215,6 +215,12 @@ def check_resume_step(rd: RunDir, step: int) -> None:
                          f"leave --step out")
     base = Path(rd.read_plan().get("base_dir") or ".")
     ckpt_dir = base / stage["ckpt_subdir"]
+    from nanotui.runtime.dialects import stage_dialect, upstream_step_problem
+    if stage_dialect(stage) is not None:  # upstream writes no run id: any committed step of its directory
+        problem = upstream_step_problem(stage, step)
+        if problem:
+            raise StartError(problem)
+        return
     steps = [c.step for c in own_checkpoints(rd, stage)]
     if step not in steps:
         have = ", ".join(map(str, steps)) or "none"

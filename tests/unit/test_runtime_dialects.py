@@ -228,3 +228,22 @@ def test_2026_sft_inherits_batch_settings_from_its_base_checkpoint(checkout, tmp
                                     str(tmp_path), str(checkout))
     st = plan["stages"][0]
     assert (st["device_bs"], st["seq_len"], st["total_batch_size"]) == (2, 128, 524288)   # upstream's fallback
+
+
+def test_resume_step_of_an_upstream_run_is_any_committed_step(checkout, tmp_path):
+    """Upstream's checkpoints carry no run id: `resume --step S` checks S against the committed steps."""
+    from nanotui.runtime.launch import StartError, check_resume_step
+    from nanotui.runtime.rundir import RunDir
+    plan, _ = dialects.command_plan(["python", "-m", "scripts.base_train", "--model-tag=t"], str(tmp_path),
+                                    str(checkout))
+    plan["base_dir"] = str(tmp_path)
+    rd = RunDir.create(tmp_path, plan)
+    ck = Path(plan["stages"][0]["ckpt_dir"])
+    ck.mkdir(parents=True)
+    _ckpt(ck, 10)
+    _ckpt(ck, 20, cut_optim=True)
+    assert dialects.committed_steps(str(ck)) == [10]
+    check_resume_step(rd, 10)
+    with pytest.raises(StartError) as e:
+        check_resume_step(rd, 20)
+    assert "no committed checkpoint at step 20" in str(e.value) and "committed steps: 10" in str(e.value)
