@@ -148,7 +148,7 @@ def test_2025_11_oom_asks_before_restarting_from_scratch(tmp_path):
     assert "step 00005/00006" in rd.list_logs()[-1].read_text()
 
 
-def test_bash_script_training_stages_become_supervised_stages(tmp_path):
+def test_bash_script_training_stages_become_supervised_stages_with_their_own_fallback(tmp_path):
     up = upstream("HEAD", tmp_path)
     venv = os.path.dirname(os.path.dirname(up.python))
     script = tmp_path / "mini_speedrun.sh"
@@ -163,7 +163,9 @@ echo "between stages"
 python -m scripts.base_train {flags} --model-tag=second
 echo "after training"
 """)
-    r = up.nanotui("run", "--grace", "0", "--", "bash", str(script), env=up.env(NANOTUI_SAVE_EVERY=2))
+    # every training stage runs out of memory at step 2 with B=2: each falls back on its own and trains on
+    env = up.env(NANOTUI_SAVE_EVERY=2, NANOTUI_TEST_OOM_AT_STEP=2, NANOTUI_TEST_OOM_ABOVE_BS=1)
+    r = up.nanotui("run", "--grace", "0", "--", "bash", str(script), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = list_runs(up.base_dir)
     parent = next(rd for rd in runs if rd.read_plan().get("stages", [{}])[0].get("script"))
@@ -175,7 +177,10 @@ echo "after training"
         assert phase(rd) == "done", dump(rd)
         stage = rd.read_plan()["stages"][0]
         assert stage["trains"] and stage["dialect"]["version"] == "2026" and stage["ckpt_subdir"].endswith(tag)
-        assert "--save-every=2" in stage["argv"] and rd.read_state()["step"] == 3
+        assert "--save-every=2" in stage["argv"] and (rd.read_state()["step"], rd.read_state()["total"]) == (3, 3)
+        fb = events(rd, "fallback")
+        assert [(e["from_bs"], e["to_bs"]) for e in fb] == [(2, 1)] and "committed step 2" in fb[0]["message"]
+        assert "--device-batch-size=1" in events(rd, "stage_started")[-1]["argv"]
     subs = [(e["stage"], e["state"]) for e in events(parent, "substage")]
     assert subs == [("base_train", "running"), ("base_train", "done")] * 2
     log = parent.list_logs()[0].read_text()
