@@ -197,16 +197,19 @@ def _put(argv: list, d: Dialect, name: str, value) -> list:
 
 
 def restart_argv(argv: Sequence[str], d: Dialect, device_bs: Optional[int] = None,
-                 resume_step: Optional[int] = None, save_every: Optional[int] = None) -> list:
-    """argv for an attempt in the script's own dialect: device batch set, any resume flag removed and, when the
-    script can resume and `resume_step` is a committed step, `--resume-from-step=<int>` added; `save_every`
-    (a periodic save nanotui adds) only when the script has that flag and the user gave none."""
+                 resume_step: Optional[int] = None, save_every: Optional[int] = None,
+                 replace_resume: bool = True) -> list:
+    """argv for an attempt in the script's own dialect: device batch set; any resume flag removed and, when the
+    script can resume and `resume_step` is a committed step, `--resume-from-step=<int>` added (replace_resume=False,
+    a first attempt: a resume flag the user gave stays as it is); `save_every` (a periodic save nanotui adds) only
+    when the script has that flag and the user gave none."""
     out = list(argv)
     if device_bs is not None:
         out = _put(out, d, "device_batch_size", int(device_bs))
-    out = drop_flag(out, "resume_from_step")
-    if resume_step is not None and d.can_resume:
-        out = _put(out, d, "resume_from_step", int(resume_step))
+    if replace_resume:
+        out = drop_flag(out, "resume_from_step")
+        if resume_step is not None and d.can_resume:
+            out = _put(out, d, "resume_from_step", int(resume_step))
     if save_every is not None and d.has("save_every") and not save_every_given(argv):
         out = _put(out, d, "save_every", int(save_every))
     return out

@@ -207,7 +207,8 @@ def stage_dialect(stage: Mapping) -> Optional[Dialect]:
 
 def attempt_argv(stage: Mapping, device_bs: Optional[int], resume) -> tuple:
     """(argv, resume step used or None) of an attempt of an upstream stage: `resume` "latest" becomes the newest
-    committed step (none yet: a fresh start), an int stays; a script that cannot resume always starts fresh."""
+    committed step (none yet: a fresh start), an int stays; a script that cannot resume always starts fresh.
+    resume None (a first attempt) keeps the command's own resume flag, if the user gave one."""
     d = stage_dialect(stage)
     step = None
     if d is not None and d.can_resume and resume is not None:
@@ -215,7 +216,8 @@ def attempt_argv(stage: Mapping, device_bs: Optional[int], resume) -> tuple:
             step = newest_committed_step(stage.get("ckpt_dir"), int(stage.get("world_size") or 1))
         else:
             step = int(resume)
-    return restart_argv(stage["argv"], d, device_bs=device_bs, resume_step=step), step
+    return restart_argv(stage["argv"], d, device_bs=device_bs, resume_step=step,
+                        replace_resume=resume is not None), step
 
 
 def resume_words(stage: Mapping, resume, steps_done: Optional[int] = None) -> str:

@@ -247,3 +247,11 @@ def test_resume_step_of_an_upstream_run_is_any_committed_step(checkout, tmp_path
     with pytest.raises(StartError) as e:
         check_resume_step(rd, 20)
     assert "no committed checkpoint at step 20" in str(e.value) and "committed steps: 10" in str(e.value)
+
+
+def test_a_first_attempt_keeps_the_users_own_resume_flag(checkout, tmp_path):
+    argv = ["python", "-m", "scripts.base_train", "--resume-from-step=5", "--save-every=5"]
+    plan, _ = dialects.command_plan(argv, str(tmp_path), str(checkout))
+    st = plan["stages"][0]
+    assert dialects.attempt_argv(st, 8, None)[0] == argv + ["--device-batch-size=8"]
+    assert "--resume-from-step=5" not in dialects.attempt_argv(st, 8, "latest")[0]   # a restart picks its own
