@@ -12,13 +12,12 @@ import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from nanotui.core.dialect import DEFAULT_SAVE_EVERY, OURS, Dialect, parse_source, restart_argv, save_every_given, \
-    scratch_note, script_of
+from nanotui.core.dialect import (DEFAULT_SAVE_EVERY, OURS, Dialect, parse_source, restart_argv,
+                                  save_every_given, scratch_note, script_of)
 
 __all__ = ["find_script", "discover", "dialect_of", "cache_dir", "command_plan", "newest_committed_step",
-           "committed_steps",
-           "attempt_argv", "stage_dialect", "default_save_every", "resume_words", "resume_refusal", "upstream_step_problem",
-           "dialect_event"]
+           "committed_steps", "attempt_argv", "stage_dialect", "default_save_every", "resume_words", "resume_refusal",
+           "upstream_step_problem", "dialect_event"]
 
 _OURS_MARK = "nanochat.trainer"   # our scripts run on the shared trainer; upstream's never import it
 

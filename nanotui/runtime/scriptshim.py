@@ -80,13 +80,18 @@ def _wait(child, stop_reason: list) -> str:
         time.sleep(POLL_S)
 
 
-def hand_over(script: str, argv: list) -> int:
+def hand_over(script: str, argv: list) -> int | None:
+    """Run the training call as a supervised run linked to the script's run; its exit code (None: run it as is)."""
     from nanotui.core.plan import PlanError
     from nanotui.runtime.dialects import command_plan
     from nanotui.runtime.launch import StartError, resume_run, start_plan
     from nanotui.runtime.rundir import RunDir
     parent = RunDir(os.environ["NANOTUI_PARENT_RUN"])
-    pplan = parent.read_plan()
+    try:
+        pplan = parent.read_plan()
+    except Exception as e:  # RunNotFound, OSError: the training still runs, as written
+        _say(f"{script}: cannot read the script's run ({e}); running it unsupervised")
+        return None
     runs_base = parent.path.parent.parent
     data_base = os.environ.get("NANOCHAT_BASE_DIR") or pplan.get("base_dir") or str(runs_base)
     cwd = os.getcwd()
@@ -148,9 +153,10 @@ def main(argv: list) -> int:
         print(f"{name}: command not found", file=sys.stderr)
         return 127
     script = training_script(args) if os.environ.get("NANOTUI_PARENT_RUN") else None
-    if script is None:
+    code = hand_over(script, [real] + args) if script is not None else None
+    if code is None:
         os.execv(real, [real] + args)
-    return hand_over(script, [real] + args)
+    return code
 
 
 if __name__ == "__main__":

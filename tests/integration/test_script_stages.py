@@ -77,7 +77,8 @@ def test_speedrun_sh_training_stages_are_supervised_runs(tmp_path):
         assert st["phase"] == "done" and stage["trains"] and "dialect" not in stage     # ours: argv as before
         assert rd.read_plan()["lineage_id"] == parent.run_id
     lines = calls.read_text().splitlines()
-    trained = [ln for ln in lines if any(f"nanochat.scripts.{s} " in ln for s in ("base_train", "mid_train", "chat_sft"))]
+    trained = [ln for ln in lines
+               if any(f"nanochat.scripts.{s} " in ln for s in ("base_train", "mid_train", "chat_sft"))]
     assert len(trained) == 3 and all(ln.split()[0] == parent.run_id for ln in lines)   # one lineage throughout
     others = [ln.split()[2] for ln in lines if ln not in trained]
     assert others[:4] == ["nanochat.report", "nanochat.dataset", "nanochat.scripts.tok_train",

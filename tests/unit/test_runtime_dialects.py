@@ -255,3 +255,12 @@ def test_a_first_attempt_keeps_the_users_own_resume_flag(checkout, tmp_path):
     st = plan["stages"][0]
     assert dialects.attempt_argv(st, 8, None)[0] == argv + ["--device-batch-size=8"]
     assert "--resume-from-step=5" not in dialects.attempt_argv(st, 8, "latest")[0]   # a restart picks its own
+
+
+def test_launcher_runs_training_unsupervised_when_the_scripts_run_is_gone(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "nanotui" / "runtime" / "scriptshim.py"), "python",
+                          sys.executable, "-c", "import sys; print('ran', sys.argv[1:])", "scripts/base_train.py"],
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, NANOTUI_PARENT_RUN=str(tmp_path / "gone")))
+    assert out.returncode == 0 and "running it unsupervised" in out.stdout
+    assert "ran ['scripts/base_train.py']" in out.stdout
