@@ -28,6 +28,7 @@ from pathlib import Path
 from nanotui.core import oom as policy
 from nanotui.core.argvflags import flag_value
 from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step, WandbInfo
+from nanotui.core.launchers import wraps_child_error
 from nanotui.core.logparse import LogParser
 from nanotui.core.runstate import (EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest, PendingOomRecord,
                                    RestartRequest, RunState, StopRequest)
@@ -358,7 +359,7 @@ class Supervisor:
                             self.event("checkpoint", stage=stage["name"], step=ev.step, path=ev.path)
                     elif t is Oom:
                         last["oom"], last["oom_at"] = ev, last["n"]
-                    elif t is Error:
+                    elif t is Error and not wraps_child_error(ev.exc_type):  # torchrun's epilogue: not the cause
                         last["error"], last["error_at"] = f"{ev.exc_type}: {ev.message}", last["n"]
                     elif t is Config and ev.key == "total_batch_size":
                         self.state.total_batch_size = ev.value.get("total_batch_size")

@@ -153,14 +153,15 @@ def test_bash_script_training_stages_become_supervised_stages_with_their_own_fal
     venv = os.path.dirname(os.path.dirname(up.python))
     script = tmp_path / "mini_speedrun.sh"
     flags = " ".join(TINY_2026 + ["--device-batch-size=2", "--total-batch-size=256", "--num-iterations=3"])
-    # the shape of upstream's runs/speedrun.sh, cut down: a venv activated, a data line, two trainings, an eval
+    # the shape of upstream's runs/speedrun.sh, cut down: a venv activated, a plain line, two trainings (the second
+    # launched the way speedrun.sh does: `torchrun --standalone --nproc_per_node=N -m scripts.base_train -- ...`)
     script.write_text(f"""#!/bin/bash
 set -u
 source {venv}/bin/activate
 echo "before training: $(python -c 'print(6*7)')"
 python -m scripts.base_train {flags} --model-tag=first
 echo "between stages"
-python -m scripts.base_train {flags} --model-tag=second
+torchrun --standalone --nproc_per_node=1 -m scripts.base_train -- {flags} --model-tag=second
 echo "after training"
 """)
     # every training stage runs out of memory at step 2 with B=2: each falls back on its own and trains on
