@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["is_shell_script", "run_plan", "shim_env", "SHIM_VARS", "hook_text", "substages", "substage_lines"]
+__all__ = ["is_shell_script", "run_plan", "shim_env", "SHIM_VARS", "hook_text", "substages", "substage_lines",
+           "parent_of"]
 
 SHIM = Path(__file__).resolve().with_name("scriptshim.py")
 SHIM_VARS = ("BASH_ENV", "NANOTUI_PARENT_RUN", "NANOTUI_SHIM", "NANOTUI_SHIM_PY", "NANOTUI_USER_BASH_ENV")
@@ -102,3 +103,13 @@ def substage_lines(rd) -> list:
         bs = f" B={s['device_bs']}" if s["device_bs"] else ""
         lines.append(f"  {s['stage']}: run {s['run_id']} {s['phase']}{prog}{bs}")
     return lines
+
+
+def parent_of(rd) -> Optional[str]:
+    """The run id of the script's run this run is a training stage of, when that run still exists: resuming the
+    script's run resumes this one (its launcher does), so a resume-everything pass leaves it to the script."""
+    try:
+        parent = rd.read_plan().get("parent")
+    except Exception:
+        return None
+    return parent if parent and (rd.path.parent / str(parent) / "run.json").is_file() else None

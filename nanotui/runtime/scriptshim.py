@@ -111,7 +111,9 @@ def hand_over(script: str, argv: list) -> int | None:
             _say(f"{script}: already done in run {child.run_id}; skipping")
             parent.append_event("substage", stage=script, run_id=child.run_id, state="done", exit_code=0)
             return 0
-        if child is not None:
+        if child is not None and child.supervisor_alive():   # already running again (e.g. resumed at boot)
+            _say(f"{script}: its run {child.run_id} is running; waiting for it")
+        elif child is not None:
             _say(f"{script}: resuming its run {child.run_id}")
             resume_run(child, grace=grace)
         else:

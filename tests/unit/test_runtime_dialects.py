@@ -264,3 +264,22 @@ def test_launcher_runs_training_unsupervised_when_the_scripts_run_is_gone(tmp_pa
                          env=dict(os.environ, NANOTUI_PARENT_RUN=str(tmp_path / "gone")))
     assert out.returncode == 0 and "running it unsupervised" in out.stdout
     assert "ran ['scripts/base_train.py']" in out.stdout
+
+
+def test_resume_everything_leaves_a_scripts_training_stage_to_its_script(tmp_path):
+    """After a reboot the script's run re-runs the script, whose launcher resumes (or waits for) the stage's run;
+    resuming that run on its own too would train it twice at once."""
+    from nanotui.runtime.rundir import RunDir
+    from nanotui.runtime.service import resume_unfinished
+    parent = RunDir.create(tmp_path, {"profile": "command", "stages": [{"name": "command", "argv": ["bash", "x.sh"],
+                                                                        "script": True}]})
+    child = RunDir.create(tmp_path, {"profile": "base_train", "parent": parent.run_id,
+                                     "stages": [{"name": "base_train", "argv": ["python"], "trains": True}]})
+    for rd, phase in ((parent, "done"), (child, "running")):   # only the stage's run is left unfinished here
+        st = rd.load_state()
+        st.phase = phase
+        rd.write_state(st)
+    out = resume_unfinished(tmp_path)
+    assert out == [(child.run_id, True, f"left to its script's run {parent.run_id}, which resumes it: it was running "
+                                        f"when its supervisor went away (power loss, crash or reboot)")]
+    assert not child.supervisor_alive()
