@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def start_speedrun(tmp_path, sleep_in=None, fail_once_in=None):
     """`nanotui run -- bash speedrun.sh` (PROFILE=cpu-demo) with a recording `python` first on PATH; with
-    `sleep_in`, the recorder sleeps when it is that training stage. Returns (base dir, calls file)."""
+    `sleep_in`, the recorder holds while tmp_path/hold exists when it is that training stage (the test creates
+    it). Returns (base dir, calls file, environment)."""
     calls = tmp_path / "calls.txt"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -31,7 +32,8 @@ def start_speedrun(tmp_path, sleep_in=None, fail_once_in=None):
         with open({str(calls)!r}, "a") as f:
             f.write(os.environ.get("NANOCHAT_RUN_ID", "-") + " " + " ".join(sys.argv[1:]) + "\\n")
         if {sleep_in!r} and any(a.endswith({str(sleep_in)!r}) for a in sys.argv):
-            time.sleep(120)
+            while os.path.exists({str(tmp_path / "hold")!r}):
+                time.sleep(0.1)
         failed = {str(tmp_path / "failed_once")!r}
         if {fail_once_in!r} and any(a.endswith({str(fail_once_in)!r}) for a in sys.argv) and not os.path.exists(failed):
             open(failed, "w").close()
@@ -93,6 +95,7 @@ def test_speedrun_sh_training_stages_are_supervised_runs(tmp_path):
 
 @pytest.mark.parametrize("which", ["script", "stage"])
 def test_stopping_either_run_stops_the_training_stage_and_the_script(tmp_path, which):
+    (tmp_path / "hold").touch()
     base, calls, env = start_speedrun(tmp_path, sleep_in="nanochat.scripts.base_train")
     parent = next(rd for rd in list_runs(base) if rd.read_plan()["stages"][0].get("script"))
     deadline = time.monotonic() + 60
@@ -125,3 +128,37 @@ def test_resuming_the_script_skips_finished_stages_and_resumes_the_failed_one(tm
     assert text.count("nanochat.scripts.mid_train") == 2 and "--resume_from_step=latest" in text
     log = parent.list_logs()[-1].read_text()
     assert "base_train: already done in run" in log and f"resuming its run {kids['mid_train'].run_id}" in log
+
+
+def test_script_run_killed_while_its_stage_trains_waits_for_that_stage_on_resume(tmp_path):
+    """The script's supervisor and shell die (SIGKILL) while its training stage runs on in its own supervisor:
+    resuming the script's run re-runs the script, whose launcher waits for the running stage instead of starting
+    or resuming it a second time."""
+    import signal
+    (tmp_path / "hold").touch()
+    base, calls, env = start_speedrun(tmp_path, sleep_in="nanochat.scripts.base_train")
+    parent = next(rd for rd in list_runs(base) if rd.read_plan()["stages"][0].get("script"))
+
+    def running_child():
+        kids = [rd for rd in list_runs(base) if rd.read_plan().get("parent") == parent.run_id]
+        return kids[0] if kids and kids[0].read_state()["phase"] == "running" else None
+    deadline = time.monotonic() + 60
+    while not running_child() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = running_child()
+    st = parent.read_state()
+    os.kill(st["supervisor_pid"], signal.SIGKILL)
+    os.killpg(st["stage_pid"], signal.SIGKILL)          # the shell and its launcher
+    deadline = time.monotonic() + 30
+    while parent.supervisor_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert child.supervisor_alive() and child.read_state()["phase"] == "running"
+    r = cli(tmp_path, env, "resume", parent.run_id)
+    assert r.returncode == 0, r.stdout + r.stderr
+    deadline = time.monotonic() + 30
+    while "is running; waiting for it" not in parent.list_logs()[-1].read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (tmp_path / "hold").unlink()
+    assert wait_end(parent) == "done" and child.read_state()["phase"] == "done"
+    assert calls.read_text().count("nanochat.scripts.base_train") == 1     # trained once, by its own run
+    assert f"its run {child.run_id} is running; waiting for it" in parent.list_logs()[-1].read_text()
