@@ -168,7 +168,16 @@ def bwrap_problem() -> str | None:
 def python_paths() -> tuple[str, list[str], list[str]]:
     """The interpreter to run inside (resolved through venv symlinks), the host paths it needs read-only (the
     executable, its standard library with lib-dynload, libpython; not its whole prefix, which may be / or $HOME),
-    and the directories under them to hide (site-packages)."""
+    and the directories under them to hide (site-packages). Computed once per process."""
+    if "paths" not in _paths_cache:
+        _paths_cache["paths"] = _python_paths()
+    return _paths_cache["paths"]
+
+
+_paths_cache: dict = {}
+
+
+def _python_paths() -> tuple[str, list[str], list[str]]:
     exe = os.path.realpath(sys.executable)
     stdlib = os.path.realpath(os.path.dirname(os.__file__))
     wanted = [exe, stdlib, os.path.realpath(sysconfig.get_config_var("DESTSHARED") or stdlib)] + _libpython()

@@ -119,11 +119,11 @@ _ATTACKS = {
 @pytest.mark.parametrize("attack", sorted(_ATTACKS))
 def test_memory_outside_the_processes_is_bounded(attack):
     fields, code = _ATTACKS[attack]
-    code += "print('made', made, flush=True)\ntime.sleep(100)\n"  # hold it until the timeout
+    code += "print('made', made, flush=True)\ntime.sleep(1.5)\n"  # hold it while the host looks
     box = {}
     base = meminfo_kib(*fields)
     worker = threading.Thread(target=lambda: box.setdefault(
-        "res", execute_code(code, timeout=6.0, max_memory_bytes=128 << 20)))
+        "res", execute_code(code, timeout=10.0, max_memory_bytes=128 << 20)))
     worker.start()
     peak = base
     while worker.is_alive():
@@ -137,7 +137,6 @@ def test_memory_outside_the_processes_is_bounded(attack):
     limit = getattr(execution, "TMP_MAX_INODES", 4096) if attack == "tmpfs_inodes" else 0
     assert made[0] <= limit, f"{attack}: made {made[0]} (host {'+'.join(fields)} grew {grown_mib:.0f} MiB)"
     assert grown_mib < 32, f"{attack}: host {'+'.join(fields)} grew {grown_mib:.0f} MiB"
-    assert res.timeout and not res.success
 
 
 # ---- exit reasons as they happened ----------------------------------------------------------------------------
