@@ -1,6 +1,7 @@
 """Where the sandbox's memory and process bound comes from: a delegated cgroup v2 subtree when one exists, else the
 rlimit fallback, which `nanotui doctor` names; a configured cgroup that cannot be used refuses."""
 import os
+import shutil
 
 import pytest
 
@@ -95,8 +96,8 @@ def test_the_unprivileged_fallback_runs_with_a_read_only_tmp(tmp_path):
     import subprocess
     from sandbox_helpers import REPO_ROOT
     python = "/usr/bin/python3"
-    if os.geteuid() != 0 or not os.access(python, os.X_OK):
-        pytest.skip("needs root (to become nobody) and a system Python nobody can run")
+    if os.geteuid() != 0 or not os.access(python, os.X_OK) or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (to become nobody) and a system Python nobody can run")
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", _AS_USER],
                        capture_output=True, text=True, timeout=120, cwd="/",
                        env={"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": str(REPO_ROOT)})
