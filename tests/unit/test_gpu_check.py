@@ -88,3 +88,15 @@ def test_smoke_runs_every_phase_on_a_cpu(tmp_path):
                       "oom->fallback"]
     assert all(row["ok"] for row in report["rows"]) and report["used_s"] <= report["budget_s"]
     assert "candidates [8, 4] -> 4" in r.stdout
+
+
+def test_gpu_tests_fit_a_short_window():
+    """tests/gpu: no test module imports another (shared code lives in gpu_helpers/conftest), every module has its
+    own time limit that leaves out the once-per-session corpus and tokenizer, and the probe is bounded."""
+    gpu = REPO / "tests" / "gpu"
+    for path in gpu.glob("test_*.py"):
+        text = path.read_text()
+        assert "from test_" not in text and "import test_" not in text, path.name
+        assert "pytest.mark.timeout(" in text and "func_only=True" in text, path.name
+    assert "NANOCHAT_AUTO_BS_MAX" in (gpu / "test_gpu_batch_probe.py").read_text()
+    assert 'scope="session"' in (gpu / "conftest.py").read_text()
