@@ -72,6 +72,7 @@ def test_table_and_budget():
     b = gc.Budget(100.0, start=time.monotonic() - 90)
     assert 9 < b.left() <= 10 and b.limit(150) <= 10 and b.limit(5) == 5
     assert gc.Budget(1.0, start=time.monotonic() - 5).limit(60) == 0
+    assert sum(gc.PHASE_LIMITS.values()) <= 600         # the phases' shares fit the ten minutes
 
 
 @pytest.mark.slow
