@@ -89,7 +89,8 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Assumptions:
-    """The memory model's terms; each is fitted or argued in docs/VRAM_CALIBRATION.md (published upstream peaks).
+    """The memory model's terms; each is fitted or argued in docs/VRAM_CALIBRATION.md (published upstream peaks)
+    and summed up in docs/device-batch-size.md.
 
     cuda: bf16 autocast, bf16 token embedding, fp32 master weights elsewhere (off: everything fp32, as on CPU).
     compiled: torch.compile'd training forward (base/mid); SFT trains eagerly (variable shapes).
