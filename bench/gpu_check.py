@@ -144,7 +144,10 @@ def make_config(smoke: bool, base: Path) -> Config:
     if smoke:
         return Config(True, base, depth=1, seq_len=64, vocab=512, corpus_mb=1.0, tok_chars=2_000_000, device_bs=4,
                       sft_bs=2, steps=4, cap_gib=None, oom_bs=4)
-    depth = int(os.environ.get("GPU_CHECK_DEPTH", "12"))
+    text = os.environ.get("GPU_CHECK_DEPTH", "12").strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"GPU_CHECK_DEPTH must be a positive integer, got {text!r}")
+    depth = int(text)
     # d12 at T=1024, vocab ~64k, eager: the predictor puts B=32 at ~47 GiB and B=16 at ~25 GiB, so under a 32 GiB
     # cap B=32 runs out of memory for real and the ladder's B=16 fits
     return Config(False, base, depth=depth, seq_len=1024, vocab=65536, corpus_mb=8.0, tok_chars=8_000_000,
@@ -339,10 +342,14 @@ def main(argv=None) -> int:
             print("gpu_check: no CUDA GPU visible (torch.cuda.is_available() is False); run it on a machine with "
                   "an NVIDIA GPU", file=sys.stderr)
             return 2
-    budget = Budget(budget_s)
     base = Path(os.environ.get("GPU_CHECK_BASE") or tempfile.mkdtemp(prefix="gpu_check_"))
+    try:
+        cfg = make_config(args.smoke, base)
+    except ValueError as e:
+        print(f"gpu_check: {e}", file=sys.stderr)
+        return 2
     base.mkdir(parents=True, exist_ok=True)
-    cfg = make_config(args.smoke, base)
+    budget = Budget(budget_s)
     device = "cpu (smoke)"
     if not args.smoke:
         import torch

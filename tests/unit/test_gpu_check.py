@@ -47,6 +47,13 @@ def test_without_cuda_it_stops_at_once_with_one_line():
     assert r.returncode == 2 and "GPU_CHECK_BUDGET_S" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_bad_depth_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPU_CHECK_DEPTH", "deep")
+    with pytest.raises(ValueError, match="GPU_CHECK_DEPTH must be a positive integer"):
+        gc.make_config(False, tmp_path)
+    assert gc.make_config(True, tmp_path).depth == 1          # the smoke run has its own tiny shape
+
+
 def test_log_parsing():
     got = gc.parse_stage_log(BASE_LOG)
     assert got == {"steps": 5, "peak_gib": 10.0, "tok_s": 22000, "mfu": 44.0, "vocab": 64209}
