@@ -1,4 +1,4 @@
-"""`nanotui doctor` checks: CUDA via torch in a subprocess, NVML/driver, free disk, logind KillUserProcesses, W&B login,
+"""`nanotui doctor` checks: CUDA via torch, NVML/driver, free disk, logind KillUserProcesses, W&B login, boot resume,
 the HumanEval code sandbox (in a subprocess: its layers, and whether a cgroup or the rlimit fallback bounds it)."""
 from __future__ import annotations
 
@@ -125,11 +125,26 @@ def check_sandbox(timeout: float = 60.0) -> tuple[str, str]:
     return "ok", f"code sandbox: bubblewrap + seccomp; limits: {info['limits']}"
 
 
+def check_boot_resume() -> tuple[str, str]:
+    """Is `nanotui service install`'s unit there, and does lingering start it at boot (not at the first login)?"""
+    from nanotui.runtime import service
+    why = service.systemd_absent()
+    if why:
+        return "info", f"runs are not resumed after a reboot here ({why}); see `nanotui resume --all-unfinished`"
+    if not (service.unit_dir() / service.UNIT_NAME).exists():
+        return "info", "runs are not resumed after a reboot; `nanotui service install` does that"
+    linger = service.linger()
+    if linger != "yes":
+        return "warn", (f"{service.UNIT_NAME} is installed but lingering is {linger or 'unknown'}: it runs at your "
+                        f"first login, not at boot; `sudo loginctl enable-linger $USER`")
+    return "ok", f"{service.UNIT_NAME} resumes interrupted runs at boot (lingering on)"
+
+
 def run_checks(base_dir: Path, profile: str = "4090") -> list[tuple[str, str, str]]:
     out = []
     for name, fn in (("cuda", check_torch_cuda), ("nvml", check_nvml),
                      ("disk", lambda: check_disk(base_dir, profile)), ("logind", check_logind),
-                     ("wandb", check_wandb), ("sandbox", check_sandbox)):
+                     ("wandb", check_wandb), ("boot", check_boot_resume), ("sandbox", check_sandbox)):
         try:
             status, detail = fn()
         except Exception as e:  # a broken check must not hide the others
