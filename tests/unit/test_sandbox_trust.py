@@ -130,6 +130,18 @@ def test_a_relative_bwrap_path_is_not_trusted(monkeypatch, tmp_path):
     assert problem and "absolute" in problem and "\n" not in problem, problem
 
 
+@needs_sandbox
+def test_a_bwrap_earlier_on_path_is_not_used(script_dir, host_tmp_target, monkeypatch):
+    fake_dir = os.path.dirname(script_dir(_UNISOLATED))
+    os.rename(os.path.join(fake_dir, "bwrap-0"), os.path.join(fake_dir, "bwrap"))
+    monkeypatch.delenv("NANOCHAT_BWRAP", raising=False)
+    monkeypatch.setenv("PATH", f"{fake_dir}:{os.environ.get('PATH', '')}")
+    res = execute_code(f"try:\n    open({str(host_tmp_target)!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
+                       "print('ran')")
+    assert not host_tmp_target.exists()  # the system bwrap ran it: the host's /tmp is not the sandbox's
+    assert "ran" in res.stdout, res.stderr
+
+
 # ---- finding 4: only the standard library is bound ---------------------------------------------------------------
 
 @needs_sandbox
