@@ -52,6 +52,23 @@ def test_code_that_takes_over_pid_1_does_not_outlive_the_timeout():
     assert "took over pid 1" not in res.stdout, res.stdout
 
 
+def test_the_timeout_kill_does_not_rely_on_the_parent_death_signal(monkeypatch):
+    """Without bwrap's --die-with-parent (what a taken-over pid 1 can clear), the kill still reaches everything."""
+    from nanochat import sandbox
+    real = sandbox.bwrap_argv
+    monkeypatch.setattr(sandbox, "bwrap_argv", lambda *a, **k: [x for x in real(*a, **k) if x != "--die-with-parent"])
+    tag = sleep_marker()
+    code = ("import os, time\nprint('pidns', os.readlink('/proc/self/ns/pid'), flush=True)\nfor _ in range(3):\n"
+            f"    if os.fork() == 0:\n        os.execv('/bin/sleep', ['sleep', '{tag}'])\ntime.sleep(100)")
+    res = execute_code(code, timeout=1.5)
+    ns = next(line.split()[1] for line in res.stdout.splitlines() if line.startswith("pidns"))
+    try:
+        assert res.timeout
+        assert _gone(lambda: processes_in_pid_namespace(ns)), "processes of the sandbox outlived the timeout"
+    finally:
+        kill_pids(processes_in_pid_namespace(ns))
+
+
 def _limits_of(pid: int) -> dict:
     out = {}
     with open(f"/proc/{pid}/limits") as f:
