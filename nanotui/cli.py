@@ -104,8 +104,18 @@ def _detected_gpu() -> dict | None:
         return None
 
 
+def _positive_int(value, flag: str):
+    """None, or `value` as a positive int; ValueError (one line) otherwise."""
+    if value is None:
+        return None
+    if not str(value).strip().isdigit() or int(value) < 1:
+        raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def cmd_plan(a) -> int:
-    """`nanotui plan --profile P [--gpu NAME] [--headroom F]`: predicted memory per DEVICE_BS of each training stage."""
+    """`nanotui plan --profile P [--gpu NAME] [--headroom F] [--depth N] [--vocab-size V]`: predicted memory per
+    DEVICE_BS of each training stage."""
     from nanotui.core.plan import PlanError, build_plan, collect_overrides
     from nanotui.core.vramplan import choose_gpu, format_plan, plan_vram
     from nanotui.usercli import start_profile
@@ -119,8 +129,9 @@ def cmd_plan(a) -> int:
             headroom = float("nan")
         if not 0 <= headroom < 1:
             raise ValueError(f"--headroom must be a fraction in [0, 1), got {a.headroom}")
+        depth, vocab = _positive_int(a.depth, "--depth"), _positive_int(a.vocab_size, "--vocab-size")
         gpu = choose_gpu(a.gpu, None if a.gpu else _detected_gpu(), a.profile)
-        tables = plan_vram(plan, gpu, headroom)
+        tables = plan_vram(plan, gpu, headroom, depth=depth, vocab_size=vocab)
     except (PlanError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else "bad --headroom") from None
     if a.json:
@@ -497,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device-bs")
     sp.add_argument("--seq-len")
     sp.add_argument("--nproc")
+    sp.add_argument("--depth", help="model depth (default: the profile's base_train --depth)")
+    sp.add_argument("--vocab-size", help="vocabulary size (default: the profile's tok_train --vocab_size)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_plan)
 
@@ -532,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ls", help="list runs")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_ls)
-    sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind and W&B")
+    sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind, W&B, boot resume and the code sandbox")
     sp.add_argument("--profile", default="4090")
     sp.set_defaults(fn=cmd_doctor)
     from nanotui.usercli import add_commands
