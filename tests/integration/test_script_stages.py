@@ -155,10 +155,12 @@ def test_script_run_killed_while_its_stage_trains_waits_for_that_stage_on_resume
     assert child.supervisor_alive() and child.read_state()["phase"] == "running"
     r = cli(tmp_path, env, "resume", parent.run_id)
     assert r.returncode == 0, r.stdout + r.stderr
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while "is running; waiting for it" not in parent.list_logs()[-1].read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     (tmp_path / "hold").unlink()
     assert wait_end(parent) == "done" and child.read_state()["phase"] == "done"
-    assert calls.read_text().count("nanochat.scripts.base_train") == 1     # trained once, by its own run
+    runs = [(rd.run_id, rd.read_plan().get("parent_key"), rd.read_state()["phase"]) for rd in list_runs(base)]
+    assert calls.read_text().count("nanochat.scripts.base_train") == 1, (    # trained once, by its own run
+        runs, calls.read_text(), [p.read_text()[-2000:] for p in parent.list_logs()])
     assert f"its run {child.run_id} is running; waiting for it" in parent.list_logs()[-1].read_text()
