@@ -53,6 +53,8 @@ def build_parser():
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 serves every interface)")
     p.add_argument("--device_type", "--device-type", dest="device_type", default="", choices=["", "cuda", "cpu", "mps"])
+    p.add_argument("--exit_with_parent", action="store_true",
+                   help="stop when the process that started this one exits (the dashboard's chat uses it)")
     p.add_argument("--max_waiting", type=_int_in(1, 100000), default=256,
                    help="requests allowed to wait for a worker; more get 503")
     return p
@@ -123,8 +125,27 @@ def main(argv=None):
     print(f"chat_web: serving http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level=os.environ.get("NANOCHAT_WEB_LOG", "warning"),
                                            timeout_graceful_shutdown=2, lifespan="on"))
+    if args.exit_with_parent:
+        watch_parent(server)
     server.run(sockets=[sock])
     return 0
+
+
+def watch_parent(server, interval: float = 1.0) -> None:
+    """Ask `server` to shut down once this process's parent has gone (it is re-parented)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while not server.should_exit:
+            if os.getppid() != parent:
+                print("chat_web: the parent process exited; stopping", flush=True)
+                server.should_exit = True
+                return
+            time.sleep(interval)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from nanochat.gpt import GPT, GPTConfig
 from pipeline_fixtures import make_tokenizer
 
 
-def make_chat_checkpoint(base_dir, tag="demo", seq_len=512, n_embd=64, endless=True, seed=0):
-    """A tokenizer plus a random 1-layer model committed as chatsft_checkpoints/<tag> step 0.
+def make_chat_checkpoint(base_dir, tag="demo", seq_len=512, n_embd=64, endless=True, seed=0, step=0, run_id=None):
+    """A tokenizer plus a random 1-layer model committed as chatsft_checkpoints/<tag> `step` (of run `run_id`).
 
     endless: the special tokens are made (nearly) impossible to sample, so a reply runs until max_tokens or the
     client goes away (blocks start as the identity, so the final hidden state is the normed embedding: a large
@@ -33,8 +33,9 @@ def make_chat_checkpoint(base_dir, tag="demo", seq_len=512, n_embd=64, endless=T
             model.transformer.wte.weight[:, 0] += 8.0
             specials = [tok.encode_special(name) for name in tok.get_special_tokens()]
             model.lm_head.weight[specials, 0] = -3.0
-    save_checkpoint(os.path.join(base_dir, "chatsft_checkpoints", tag), 0, model.state_dict(), None,
-                    {"model_config": asdict(config), "stage": "sft"}, quiet=True)
+    meta = {"model_config": asdict(config), "stage": "sft", **({"run_id": run_id} if run_id else {})}
+    save_checkpoint(os.path.join(base_dir, "chatsft_checkpoints", tag), step, model.state_dict(), None, meta,
+                    keep_last=0, quiet=True)
     return tok, config
 
 
