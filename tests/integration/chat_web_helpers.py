@@ -119,3 +119,25 @@ def wait_for(predicate, timeout=10.0, interval=0.05):
             return value
         time.sleep(interval)
     return predicate()
+
+
+def check_serves_sft_model(base_dir, cwd=None) -> str:
+    """chat_web on the newest SFT checkpoint of `base_dir`: the page, /health, a streamed reply ending with the
+    done marker, and a 4xx for a malformed request. Returns the reply."""
+    srv = ChatWeb("-i", "sft", env={"NANOCHAT_BASE_DIR": str(base_dir)}, cwd=cwd)
+    try:
+        c = srv.conn()
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert r.status == 200 and "<title>nanochat</title>" in r.read().decode()
+        c.close()
+        status, health = srv.get_json("/health")
+        assert status == 200 and health["ready"] is True
+        status, _, events = srv.post({"messages": [{"role": "user", "content": "Who are you?"}],
+                                      "max_tokens": 24, "temperature": 0})
+        assert status == 200 and events[-1] == {"done": True}, events
+        status, _, body = srv.post(None, raw=b'{"messages": "hi"}')
+        assert 400 <= status < 500 and body["detail"], (status, body)
+        return "".join(e.get("token", "") for e in events)
+    finally:
+        srv.stop()
