@@ -60,17 +60,28 @@ class ChatScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.run_worker(self._start, thread=True, group="chat-start", name="chat-start")
+        self.run_worker(self._start, thread=True, group="chat-start", name="chat-start", exit_on_error=False)
+
+    def _call(self, fn, *args) -> None:
+        """Run fn(*args) on the app's loop from a worker thread; nothing once the screen has gone."""
+        if self._cancel_start.is_set():
+            return
+        try:
+            self.app.call_from_thread(fn, *args)
+        except RuntimeError:  # the app is shutting down
+            pass
 
     def _start(self) -> None:
         try:
             url = self.backend.start(cancelled=self._cancel_start)
         except Exception as exc:  # ChatError and anything unexpected: shown, never a crash of the dashboard
-            self.app.call_from_thread(self._status, f"[red]chat unavailable:[/] {exc}")
+            self._call(self._status, f"[red]chat unavailable:[/] {str(exc).replace('[', chr(92) + '[')}")
             return
-        self.app.call_from_thread(self._ready, url)
+        self._call(self._ready, url)
 
     def _ready(self, url: str) -> None:
+        if not self.is_attached:
+            return
         self.ready = True
         self._status(f"ready · also in a browser on this machine: {url}")
         field = self.query_one("#chat-input", Input)
@@ -78,7 +89,8 @@ class ChatScreen(Screen):
         field.focus()
 
     def _status(self, text: str) -> None:
-        self.query_one("#chat-status", Static).update(text)
+        if self.is_attached:
+            self.query_one("#chat-status", Static).update(text)
 
     def _add(self, role: str, content: Text | str) -> Static:
         bubble = Static(content, classes=f"chat-msg chat-{role}")
@@ -99,19 +111,20 @@ class ChatScreen(Screen):
         self.streaming = True
         self._status("replying · Esc stops")
         epoch = self._epoch
-        self.run_worker(lambda: self._stream(epoch), thread=True, group="chat-stream", name="chat-stream")
+        self.run_worker(lambda: self._stream(epoch), thread=True, group="chat-stream", name="chat-stream",
+                        exit_on_error=False)
 
     def _stream(self, epoch: int) -> None:
         error = None
         try:
             for piece in self.backend.stream(list(self.messages)):
-                self.app.call_from_thread(self._piece, piece)
+                self._call(self._piece, piece)
         except Exception as exc:
             error = str(exc)
-        self.app.call_from_thread(self._finished, error, epoch)
+        self._call(self._finished, error, epoch)
 
     def _piece(self, piece: str) -> None:
-        if not self.streaming:
+        if not self.streaming or not self.is_attached:
             return
         self.reply += piece
         if self._bubble is not None:
@@ -122,7 +135,7 @@ class ChatScreen(Screen):
         stopped = not self.streaming  # action_stop_or_back cleared it
         self.streaming = False
         self.replies_done += 1
-        if epoch != self._epoch:
+        if epoch != self._epoch or not self.is_attached:
             self._status("ready")
             return
         if self.reply:
