@@ -4,6 +4,7 @@ and the child process is stopped."""
 from __future__ import annotations
 
 import json
+import threading
 import sys
 import time
 import urllib.request
@@ -107,3 +108,49 @@ def test_calculator_output_renders_as_chips():
     assert text.plain == "It is  calc 12+30  = 42 ."
     styles = {text.plain[s.start:s.end]: str(s.style) for s in text.spans}
     assert "yellow" in styles["12+30 "] and "green" in styles["42 "]
+
+
+class FailingBackend:
+    """Fails to start like a chat_web whose model cannot load; records close()."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.closed = delay, threading.Event()
+
+    def start(self, cancelled):
+        if cancelled.wait(self.delay):
+            raise RuntimeError("cancelled")
+        raise RuntimeError("chat_web exited (2): error: no checkpoints in /x/chatsft_checkpoints [tag]")
+
+    def stream(self, messages):
+        raise AssertionError("never ready")
+
+    def interrupt(self):
+        pass
+
+    def close(self):
+        self.closed.set()
+
+
+async def test_chat_that_cannot_start_says_why_and_leaving_early_is_safe(tmp_path):
+    app, _, _ = make_app(tmp_path, "finished")
+    async with app.run_test(size=(140, 44)) as pilot:
+        await until(pilot, lambda: app.snapshot is not None, 10, "the first snapshot")
+        screen = ChatScreen(FailingBackend(), "test")
+        app.push_screen(screen)
+
+        def status() -> str:
+            found = screen.query("#chat-status")
+            return str(found.first().render()) if found else ""
+        await until(pilot, lambda: "chat unavailable" in status(), 5, "the failure line")
+        assert "no checkpoints in /x/chatsft_checkpoints [tag]" in status() and not screen.ready
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, DashboardScreen)
+        # leave while the backend is still starting: it is cancelled and closed, the app keeps running
+        slow = FailingBackend(delay=30)
+        app.push_screen(ChatScreen(slow, "test"))
+        await pilot.pause(0.2)
+        await pilot.press("escape")
+        await until(pilot, slow.closed.is_set, 5, "close() of the backend")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, DashboardScreen) and app.is_running
