@@ -199,6 +199,9 @@ def generate_text(worker: Worker, tokens: list[int], max_tokens: int, temperatur
     multi-byte character split over tokens is held back until whole). Returns why it stopped."""
     from nanochat.common import eval_autocast
 
+    if getattr(worker.device, "type", None) == "cuda":  # this thread's current device = the worker's GPU
+        import torch
+        torch.cuda.set_device(worker.device)
     tok = worker.tokenizer
     enders = (tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id())
     pending: list[int] = []

@@ -1,6 +1,7 @@
-"""Chat with a trained model in the browser: `python -m nanochat.scripts.chat_web` serves the chat page and
-upstream nanochat's streaming API (GET /, /health, /stats; POST /chat/completions) on http://127.0.0.1:8000/.
-One model worker per GPU (`--num_gpus`), or one on CPU, behind a queue."""
+"""Serve a trained chat model in the browser: the chat page plus upstream nanochat's streaming chat API.
+
+`python -m nanochat.scripts.chat_web` listens on http://127.0.0.1:8000/ (GET /, /health, /stats; POST
+/chat/completions). One model worker per GPU (`--num_gpus`), or one on CPU, behind a queue."""
 import argparse
 import os
 import socket
@@ -52,7 +53,8 @@ def build_parser():
     p.add_argument("-p", "--port", type=_int_in(0, 65535), default=8000, help="0 = any free port")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 serves every interface)")
-    p.add_argument("--device_type", "--device-type", dest="device_type", default="", choices=["", "cuda", "cpu", "mps"])
+    p.add_argument("--device_type", "--device-type", dest="device_type", default=None, choices=["cuda", "cpu", "mps"],
+                   help="default: cuda, else mps, else cpu")
     p.add_argument("--exit_with_parent", action="store_true",
                    help="stop when the process that started this one exits (the dashboard's chat uses it)")
     p.add_argument("--max_waiting", type=_int_in(1, 100000), default=256,
