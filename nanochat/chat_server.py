@@ -291,9 +291,17 @@ def create_app(pool: WorkerPool, defaults: Defaults, log=print):
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise BadRequest(f"the request body is larger than {MAX_BODY_BYTES} bytes", 413)
+        too_big = BadRequest(f"the request body is larger than {MAX_BODY_BYTES} bytes", 413)
+        declared = request.headers.get("content-length") or "0"
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():  # read no more than the cap, whatever the headers said
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise too_big
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         req = parse_request(raw)
         tokens = conversation_tokens(tokenizer, req.messages)
         room = limit - len(tokens)

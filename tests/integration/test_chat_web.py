@@ -85,6 +85,7 @@ BAD = [
     (json.dumps({**HI, "max_tokens": 4097}), 400, "max_tokens must be between 1 and 4096"),
     (json.dumps({**HI, "max_tokens": True}), 422, "max_tokens must be an integer"),
     ('{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "lone surrogate"),
+    (b'{"messages": [{"role": "user", "content": "' + b"x" * (1 << 20) + b'"}]}', 413, "larger than 1048576 bytes"),
     # longer than the model's context (5120 tokens): refused before any worker is taken
     (json.dumps({"messages": [{"role": "user", "content": "q " * 3999}] * 2}), 400, "this model's context is 5120"),
 ]
