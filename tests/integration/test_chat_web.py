@@ -155,6 +155,32 @@ def test_disconnect_mid_stream_frees_the_worker_at_once(server):
     assert status == 200 and events[-1] == {"done": True}
 
 
+def _open_stream(server, max_tokens):
+    c = server.conn()
+    c.request("POST", "/chat/completions", body=json.dumps({**HI, "max_tokens": max_tokens}),
+              headers={"Content-Type": "application/json"})
+    return c
+
+
+def test_a_queued_client_that_leaves_never_takes_the_worker(server):
+    busy = _open_stream(server, 4096)
+    events = read_events(busy.getresponse())
+    assert "token" in next(events)
+    queued = _open_stream(server, 4096)  # waits behind the busy one
+    assert wait_for(lambda: server.get_json("/stats")[1]["waiting"] == 1, timeout=5, interval=0.01)
+    queued.sock.shutdown(socket.SHUT_RDWR)
+    queued.close()
+    assert wait_for(lambda: server.get_json("/stats")[1]["waiting"] == 0, timeout=5, interval=0.01)
+    before = server.get_json("/stats")[1]["workers"][0]
+    busy.sock.shutdown(socket.SHUT_RDWR)
+    busy.close()
+    assert wait_for(lambda: server.get_json("/health")[1]["available_workers"] == 1, timeout=5, interval=0.01)
+    time.sleep(0.3)  # had the queued request taken the worker, it would be busy again by now
+    after = server.get_json("/stats")[1]
+    assert after["available_workers"] == 1 and after["workers"][0]["cancelled"] == before["cancelled"] + 1
+    assert after["workers"][0]["served"] == before["served"]
+
+
 def test_calculator_markers_in_history_become_special_tokens(server):
     """The page sends the model's tool call back verbatim; the server re-encodes its markers as special tokens."""
     history = {"messages": [{"role": "user", "content": "What is 12 + 30?"},
