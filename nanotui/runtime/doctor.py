@@ -1,4 +1,4 @@
-"""`nanotui doctor` checks: CUDA via torch in a subprocess, NVML/driver, free disk, logind KillUserProcesses, W&B login."""
+"""`nanotui doctor` checks: CUDA via torch, NVML/driver, free disk, logind KillUserProcesses, W&B login, boot resume."""
 from __future__ import annotations
 
 import glob
@@ -105,11 +105,26 @@ def check_wandb() -> tuple[str, str]:
     return "info", "W&B: not logged in (runs use --run=dummy or WANDB_MODE=offline; `wandb login` to log)"
 
 
+def check_boot_resume() -> tuple[str, str]:
+    """Is `nanotui service install`'s unit there, and does lingering start it at boot (not at the first login)?"""
+    from nanotui.runtime import service
+    why = service.systemd_absent()
+    if why:
+        return "info", f"runs are not resumed after a reboot here ({why}); see `nanotui resume --all-unfinished`"
+    if not (service.unit_dir() / service.UNIT_NAME).exists():
+        return "info", "runs are not resumed after a reboot; `nanotui service install` does that"
+    linger = service.linger()
+    if linger != "yes":
+        return "warn", (f"{service.UNIT_NAME} is installed but lingering is {linger or 'unknown'}: it runs at your "
+                        f"first login, not at boot; `sudo loginctl enable-linger $USER`")
+    return "ok", f"{service.UNIT_NAME} resumes interrupted runs at boot (lingering on)"
+
+
 def run_checks(base_dir: Path, profile: str = "4090") -> list[tuple[str, str, str]]:
     out = []
     for name, fn in (("cuda", check_torch_cuda), ("nvml", check_nvml),
                      ("disk", lambda: check_disk(base_dir, profile)), ("logind", check_logind),
-                     ("wandb", check_wandb)):
+                     ("wandb", check_wandb), ("boot", check_boot_resume)):
         try:
             status, detail = fn()
         except Exception as e:  # a broken check must not hide the others

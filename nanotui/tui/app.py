@@ -41,6 +41,14 @@ class RunActions:
         rd, _pid = start_plan(plan, Path(base_dir), cwd=os.getcwd())
         return rd.path
 
+    def default_profile(self) -> str | None:
+        """The profile the new-run dialog preselects: NANOTUI_PROFILE or `profile` in the user's config file."""
+        from nanotui.runtime import settings
+        try:
+            return settings.effective()["profile"].value
+        except settings.ConfigError:
+            return None   # starting will say what is wrong with the file
+
     def resume(self, run_dir: Path, step: int | None = None, device_bs: int | None = None) -> None:
         from nanotui.runtime.launch import resume_run
         from nanotui.runtime.rundir import RunDir
