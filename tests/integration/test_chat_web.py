@@ -266,6 +266,13 @@ def test_browser_types_a_message_and_sees_the_streamed_reply(server):
             page.click("#stop")
             page.wait_for_selector(".msg.assistant.stopped", timeout=10000)
             assert wait_for(lambda: server.get_json("/health")[1]["available_workers"] == 1, timeout=5)
+            # "New chat" in the middle of a reply: the new conversation starts empty
+            page.evaluate("document.getElementById('input').value = 'another long story'")
+            page.click("#send")
+            page.wait_for_function("document.querySelectorAll('.msg.assistant')[2].textContent.length > 0")
+            page.click("#new")
+            page.wait_for_selector("#send:not([hidden])", timeout=10000)
+            assert page.evaluate("messages.length") == 0 and page.query_selector(".msg") is None
             assert external == [], external
         finally:
             browser.close()
