@@ -121,12 +121,6 @@ def conversation_tokens(tokenizer, messages) -> list[int]:
     return ids
 
 
-def context_limit(model) -> int:
-    """Positions the model can attend over (its rotary table): prompt plus reply must fit."""
-    cos = getattr(model, "cos", None)
-    return int(cos.size(1)) if cos is not None else int(model.config.sequence_len)
-
-
 @dataclass
 class Worker:
     """One model replica on one device; its generations run one at a time on its own thread."""

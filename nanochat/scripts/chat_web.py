@@ -86,10 +86,10 @@ def load_workers(args):
     """One Worker per GPU (cuda:0..n-1), or one on CPU/MPS, each with the checkpoint loaded."""
     import torch
 
-    from nanochat.chat_server import Worker, context_limit
+    from nanochat.chat_server import Worker
     from nanochat.checkpoint import load_model, run_id_from
     from nanochat.common import compute_init
-    from nanochat.engine import Engine
+    from nanochat.engine import Engine, context_limit
 
     device_type = args.device_type or autodetect_device_type()
     if device_type != "cuda" and args.num_gpus > 1:
