@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ls", help="list runs")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_ls)
-    sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind and W&B")
+    sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind, W&B, boot resume and the code sandbox")
     sp.add_argument("--profile", default="4090")
     sp.set_defaults(fn=cmd_doctor)
     from nanotui.usercli import add_commands
