@@ -130,6 +130,7 @@ HELP_TEXT = """[b]nanotui keys[/]  (letters and F-keys pass through SSH and tmux
   s          stop the run (asks for confirmation)
   c          checkpoints: resume from one, copy its path
   l          full stage logs with filter and search
+  m          chat with the run's SFT model (once chat_sft has saved a checkpoint)
   o          show the OOM decision dialog (while one is pending)
   t          chart the next training stage
   r          resume the newest checkpoint (stopped or failed run)
@@ -138,6 +139,7 @@ HELP_TEXT = """[b]nanotui keys[/]  (letters and F-keys pass through SSH and tmux
 [b]OOM dialog[/]      1..9 fall back to that batch size · r retry · s stop · Esc later
 [b]Checkpoints[/]     Enter/r resume from the selected · y copy its path (OSC 52) · Esc back
 [b]Logs[/]            / or f filter · n/N next/previous match · [ ] previous/next log · F follow · Esc back
+[b]Chat[/]            Enter send · Esc stop the reply, then back · ctrl+n new chat
 [b]Start screen[/]    Enter attach · r resume newest checkpoint of the selected run · n new run
 
 Press Esc or q to close."""
