@@ -50,10 +50,13 @@ def apply_stage_options(plan: dict, stages: Optional[str], sets: Iterable[str]) 
 
 def profile_plan(profile: str, overrides: Mapping, stages: Optional[str] = None, sets: Iterable[str] = (),
                  python: str | None = None) -> dict:
-    """The run.json plan of a profile with overrides (DEVICE_BS=...), `--stages` and `--set` applied."""
+    """The run.json plan of a profile with overrides (DEVICE_BS=...), `--stages` and `--set` applied; the user's
+    config file (runtime/settings.py) fills in what the overrides leave unset (W&B run name, entity, project)."""
+    from nanotui.runtime import settings
     try:
-        plan = build_plan(profile, overrides, python=python or sys.executable).to_dict()
-    except PlanError as e:
+        overrides = settings.plan_overrides(overrides)
+        plan = settings.apply_to_plan(build_plan(profile, overrides, python=python or sys.executable).to_dict())
+    except (PlanError, settings.ConfigError) as e:
         raise StartError(str(e)) from None
     return apply_stage_options(plan, stages, sets)
 
@@ -153,13 +156,14 @@ def start_plan(plan: dict, base_dir: Path, *, cwd: str | None = None, grace=None
     """Create the run directory for `plan` and start its supervisor: the same checks for the CLI and the TUI.
     Refuses (StartError) when another live run writes the same checkpoint directories."""
     from nanotui.core.oom import parse_grace
+    given = grace is not None   # an explicit grace also consents to restarts from step 0 (docs/DIALECTS.md)
     try:
         grace = 60.0 if grace is None else parse_grace(grace)
     except ValueError as e:
         raise StartError(str(e)) from None
     base = Path(base_dir)
     plan = dict(plan)
-    plan.update(base_dir=str(base), cwd=cwd or os.getcwd(), grace=grace)
+    plan.update(base_dir=str(base), cwd=cwd or os.getcwd(), grace=grace, grace_given=given)
     if stop_timeout is not None:
         if not 0 <= stop_timeout < float("inf"):
             raise StartError(f"--stop-timeout must be seconds >= 0, got {stop_timeout:g}")
@@ -211,6 +215,12 @@ def check_resume_step(rd: RunDir, step: int) -> None:
                          f"leave --step out")
     base = Path(rd.read_plan().get("base_dir") or ".")
     ckpt_dir = base / stage["ckpt_subdir"]
+    from nanotui.runtime.dialects import stage_dialect, upstream_step_problem
+    if stage_dialect(stage) is not None:  # upstream writes no run id: any committed step of its directory
+        problem = upstream_step_problem(stage, step)
+        if problem:
+            raise StartError(problem)
+        return
     steps = [c.step for c in own_checkpoints(rd, stage)]
     if step not in steps:
         have = ", ".join(map(str, steps)) or "none"
@@ -255,6 +265,11 @@ def resume_run(rd: RunDir, step: int | None = None, device_bs: int | None = None
     clash = conflicting_run(plan, Path(plan.get("base_dir") or rd.path.parent.parent), exclude=rd.run_id)
     if clash:
         raise StartError(clash)
+    if grace is None:  # a script that cannot resume (upstream 2025-11) restarts from step 0 only with consent
+        from nanotui.runtime.dialects import resume_refusal
+        refusal = resume_refusal(_resume_stage(rd), st.step, rd.run_id)
+        if refusal:
+            raise StartError(refusal)
     if step is not None:
         check_resume_step(rd, step)
     if device_bs is not None:

@@ -23,7 +23,8 @@ KIND_WORDS = {"nonfinite": "non-finite loss", "spike": "loss spike"}
 
 def with_skips(argv: list, stage: dict, state) -> list:
     """The stage argv with the run's skip list for it as `--data_skip=S:N,...` (training stages only)."""
-    skips = skips_from_json(state.data_skips.get(stage.get("name"))) if stage.get("trains") else {}
+    ours = stage.get("trains") and not stage.get("dialect")  # upstream scripts know no --data_skip
+    skips = skips_from_json(state.data_skips.get(stage.get("name"))) if ours else {}
     if not skips:
         return list(argv)
     return drop_flag(argv, "data_skip") + [f"--data_skip={format_skips(skips)}"]
@@ -43,13 +44,12 @@ def handle(sup, idx: int, end):
     from nanotui.runtime.supervisor import stage_argv  # the supervisor imports this module
     stage = sup.stages[idx]
     name = stage["name"]
-    div = end.divergence
-    onset = div.step if div is not None else (end.last_step + 1 if end.last_step is not None else 0)
-    kind = div.kind if div is not None else "nonfinite"
+    div = end.divergence  # the trainer's `Divergence:` trailer (the supervisor only comes here with one)
+    onset, kind = div.step, div.kind
     done = sum(1 for r in sup.state.rollbacks if r.get("stage") == name)
     skips = skips_from_json(sup.state.data_skips.get(name))
-    sup.event("divergence", stage=name, step=onset, cause=kind, detail=div.detail if div is not None else None,
-              ckpt_step=div.ckpt_step if div is not None else None, exit_code=end.exit_code, rollbacks=done)
+    sup.event("divergence", stage=name, step=onset, cause=kind, detail=div.detail, ckpt_step=div.ckpt_step,
+              exit_code=end.exit_code, rollbacks=done)
     with sup.lock:
         sup.request = None
     sup._apply_policy(policy.DivergenceDetected(
