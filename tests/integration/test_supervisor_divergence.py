@@ -86,3 +86,12 @@ def test_stop_while_the_rollback_waits_then_while_it_runs_resumes_exactly(base_d
     assert "--data_skip=10:13" in final["argv"] and "--resume_from_step=latest" in final["argv"]
     assert len(rd.read_state()["rollbacks"]) == 1
     assert "Divergence" not in rd.list_logs()[-1].read_text()
+
+
+def test_exit_5_without_the_divergence_line_is_a_crash(base_dir):
+    """Only our trainer's trailer makes exit 5 a divergence (an upstream script may exit 5 for its own reasons)."""
+    rd, sup = launch(base_dir, [fake_stage(num_iterations=3, step_time=0.01, exit_code=5)], grace=0)
+    assert sup.wait(60) == 1
+    st = rd.read_state()
+    assert st["phase"] == "failed" and "exited with code 5" in st["reason"] and st["rollbacks"] == []
+    assert "divergence" not in types_of(rd) and "crashed" in types_of(rd)
