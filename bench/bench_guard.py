@@ -1,16 +1,18 @@
-"""Benchmark: the divergence guard's cost — the real training loop, steps alternating guard on / guard off.
+"""Benchmark: the divergence guard's cost — the real training loop, guard on and off interleaved step by step.
 
-    python bench/bench_guard.py [--steps 41] [--warmup 1] [--base_dir DIR] [--threads N] [--gpu]
+    python bench/bench_guard.py [--steps 41] [--warmup 1] [--seed 0] [--base_dir DIR] [--threads N] [--gpu]
 
 One Trainer (bench_train.py's CPU configuration: d4, seq 512, device batch 8, total 8,192 tokens, demo corpus; or
-with `--gpu` d20 at the 4090 profile on random tokens) whose `guard.enabled` flips after every step, so guard-on and
-guard-off steps interleave and share whatever else the machine is doing (a paired comparison: separate runs on a
-shared machine differ by more than the effect). Prints the median step time of each setting and the ratio of
+with `--gpu` d20 at the 4090 profile on random tokens) whose `guard.enabled` is set before every step from a seeded,
+balanced shuffle (`--seed`), so guard-on and guard-off steps interleave and share whatever else the machine is doing
+(separate runs on a shared machine differ by more than the effect) without lining up with anything periodic (the
+loader tokenizes a new row group every few steps). Prints the median step time of each setting and the ratio of
 throughputs on/off (target >= 0.99). With the guard on, the step's one read-back (loss, token counts, gradient
 norm) happens before the optimizer step instead of after it.
 """
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from nanochat.optim import get_lr_multiplier, get_muon_momentum  # noqa: E402
 from nanochat.trainer import FlagParser, Trainer, add_training_flags  # noqa: E402
 
 
-def measure(depth, B, T, total, steps, warmup, device, vocab_size, make_loader, flags=()):
+def measure(depth, B, T, total, steps, warmup, device, vocab_size, make_loader, flags=(), seed=0):
     args = add_training_flags(FlagParser()).parse_args([
         f"--device_batch_size={B}", f"--max_seq_len={T}", f"--total_batch_size={total}", f"--num_iterations={steps}",
         "--save_every=-1", "--eval_every=-1", "--model_tag=bench_guard", *flags])
@@ -40,11 +42,14 @@ def measure(depth, B, T, total, steps, warmup, device, vocab_size, make_loader, 
     model.to_empty(device=device)
     model.init_weights()
     dts = {True: [], False: []}
+    n = steps - warmup
+    order = [True] * warmup + random.Random(seed).sample([True, False] * (n // 2) + [True] * (n % 2), n)
 
     def on_step(trainer, step, metrics):
         if step >= warmup:
             dts[trainer.guard.enabled].append(metrics["train/dt"])
-        trainer.guard.enabled = not trainer.guard.enabled  # the next step runs with the other setting
+        if step + 1 < steps:
+            trainer.guard.enabled = order[step + 1]  # the setting of the next step
 
     trainer = Trainer(args=args, stage="base", model_tag="bench_guard", model=model,
                       optimizers=model.setup_optimizers(), device=device,
@@ -56,7 +61,7 @@ def measure(depth, B, T, total, steps, warmup, device, vocab_size, make_loader, 
     on, off = statistics.median(dts[True]), statistics.median(dts[False])
     print(f"RESULT guard ({device.type}, d{depth}, B={B}, T={T}, total {total:,}, accum {trainer.grad_accum_steps}): "
           f"median step {off * 1000:.1f} ms off / {on * 1000:.1f} ms on over {len(dts[False])} / {len(dts[True])} "
-          f"alternating steps; throughput ratio on/off {off / on:.4f}", flush=True)
+          f"interleaved steps (seed {seed}); throughput ratio on/off {off / on:.4f}", flush=True)
 
 
 def main():
@@ -66,6 +71,7 @@ def main():
     p.add_argument("--base_dir", type=Path, default=Path(tempfile.gettempdir()) / "nanochat-bench")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--gpu", action="store_true", help="d20 on CUDA (random tokens) instead of the CPU config")
+    p.add_argument("--seed", type=int, default=0, help="the shuffle of guard-on/off steps")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,7 +79,7 @@ def main():
     if args.gpu:
         device = torch.device("cuda", 0)
         measure(20, 4, 1024, 32768, args.steps, args.warmup, device, 65536,
-                lambda B, T: RandomTokens(B, T, 65536, device))
+                lambda B, T: RandomTokens(B, T, 65536, device), seed=args.seed)
         return
     subprocess.run([sys.executable, str(REPO / "bench" / "bench_train.py"), "--prepare_only",
                     f"--base_dir={args.base_dir}"], check=True)
@@ -83,7 +89,7 @@ def main():
     tokenizer = get_tokenizer()
     cpu = torch.device("cpu")
     measure(4, 8, 512, 8192, args.steps, args.warmup, cpu, tokenizer.get_vocab_size(),
-            lambda B, T: DataLoader(tokenizer, B, T, "train", cpu), flags=["--compile=off"])
+            lambda B, T: DataLoader(tokenizer, B, T, "train", cpu), flags=["--compile=off"], seed=args.seed)
 
 
 if __name__ == "__main__":
