@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
+from nanochat import flag_aliases
 from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, check_model_tag, check_run_id,
                                  checkpoint_dir, disk_full_error, load_checkpoint, moved_aside_dirs, plan_resume,
                                  read_meta, run_id_from, save_checkpoint, update_meta)
@@ -42,7 +43,7 @@ class FlagParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        raise UsageError(f"{message} (see --help)")
+        raise UsageError(f"{flag_aliases.did_you_mean(message, self)} (see --help)")
 
     @staticmethod
     def normalise(argv):
@@ -58,7 +59,7 @@ class FlagParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         argv = sys.argv[1:] if args is None else list(args)
-        return super().parse_args(self.normalise(argv), namespace)
+        return super().parse_args(flag_aliases.apply(self.normalise(argv), self), namespace)  # seed's names
 
 
 def _int_flag(min_value=None, allow=()):
