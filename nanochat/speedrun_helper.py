@@ -70,13 +70,13 @@ def _positive(name: str, allow_auto: bool = False):
 
 def validate(profile: str) -> None:
     """ValueError (one line) for a knob the stages would refuse hours later."""
-    from nanochat.common import UsageError
-    from nanochat.tasks.batching import check_sft_batch
-    from nanochat.trainer import compute_grad_accum
     if profile not in ("cpu-demo", "4090"):
         raise ValueError(f"PROFILE must be cpu-demo or 4090 (the default), got {profile!r}")
     bs, sft = _positive("DEVICE_BS", True), _positive("SFT_BS", True)
     seq, nproc = _positive("SEQ_LEN"), _positive("NPROC_PER_NODE")
+    from nanochat.common import UsageError            # the stages' own batch arithmetic (imports torch)
+    from nanochat.tasks.batching import check_sft_batch
+    from nanochat.trainer import compute_grad_accum
     try:
         if bs != "auto":
             compute_grad_accum(TOTALS.get(profile, DEFAULT_TOTAL), bs, seq, nproc)
