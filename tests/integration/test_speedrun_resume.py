@@ -97,6 +97,7 @@ def _wait_for(path: Path, proc, timeout: float):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)
 def test_sigkilled_speedrun_resumes_base_train_and_finishes_with_an_oom_retry(tmp_path):
     """One run of the real cpu-demo pipeline: base_train at DEVICE_BS=8 runs out of memory at step 30 (fault
     injection) and is retried at 4 from the emergency checkpoint; after the step-50 checkpoint the whole process
