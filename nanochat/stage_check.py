@@ -5,7 +5,8 @@
 
 The JSON form checks many stages in one process (torch is imported once) and prints one JSON object: `torch`
 (version or null), `torch_error`, `cuda` (torch sees CUDA), `devices` (CUDA device count; counting creates no
-context), `cuda_version`, `device_name` (of device 0), `wandb` (installed), `results` [{name, ok, error}]. A script takes part through `check_args(argv, world_size)` (training
+context), `cuda_version`, `device_name` (of device 0), `allocator_configured` (the stages set the allocator variable this torch reads),
+`wandb` (installed), `results` [{name, ok, error}]. A script takes part through `check_args(argv, world_size)` (training
 stages: flags + batch arithmetic), else `build_parser()`, else `parse_args(argv)`.
 """
 from __future__ import annotations
@@ -53,6 +54,8 @@ def check_many(stages: list) -> dict:
         out["devices"] = torch.cuda.device_count() if out["cuda"] else 0
         out["cuda_version"] = torch.version.cuda
         out["device_name"] = torch.cuda.get_device_name(0) if out["devices"] else None
+        import nanochat.common as common   # stages that set the allocator name this torch reads themselves
+        out["allocator_configured"] = hasattr(common, "configure_allocator")
     except Exception as e:  # a broken install: every stage would fail the same way
         out["torch_error"] = _one_line(e)
     for st in stages:

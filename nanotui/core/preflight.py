@@ -18,9 +18,9 @@ DEMO_CORPUS_BYTES = 64_000_000             # the demo corpus cap (nanochat.datas
 TOKENIZER_BYTES = 8_000_000                # tokenizer.json + token_bytes.pt, generously
 IDENTITY_BYTES = 2_500_000                 # upstream's identity conversations (2.3 MB)
 DEFAULT_KEEP_LAST = 3                      # the trainer's --keep_last default
-ALLOC_ENV = "PYTORCH_ALLOC_CONF"           # what the training stages set (expandable segments)
-LEGACY_ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"  # the only name torch < 2.8 reads
-ALLOC_ENV_SINCE = (2, 8)
+ALLOC_ENV = "PYTORCH_ALLOC_CONF"           # what base_train sets (expandable segments), unless the stages configure it
+LEGACY_ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"  # the name torch reads before 2.9 (nanochat.common.allocator_env_name)
+ALLOC_ENV_SINCE = (2, 9)
 WANDB_OFF_MODES = ("offline", "disabled", "dryrun")
 NANOCHAT_MODULE = re.compile(r"^nanochat(\.scripts)?\.\w+$")
 
@@ -169,7 +169,8 @@ def evaluate(plan: Mapping, facts: Mapping) -> list:
                                                  f"there {'is' if devices == 1 else 'are'} {devices}; set "
                                                  f"NPROC_PER_NODE={max(1, devices)} (or check CUDA_VISIBLE_DEVICES)"))
         tv = _version(sc.get("torch"))
-        if (cuda or needs_gpu) and tv and tv < ALLOC_ENV_SINCE and not env.get(LEGACY_ALLOC_ENV):
+        if (cuda or needs_gpu) and tv and tv < ALLOC_ENV_SINCE and not env.get(LEGACY_ALLOC_ENV) \
+                and not sc.get("allocator_configured"):
             out.append(Finding("warn", "allocator",
                                f"torch {sc.get('torch')} ignores {ALLOC_ENV} (read from torch "
                                f"{'.'.join(map(str, ALLOC_ENV_SINCE))} on), so the stages train without expandable "

@@ -37,6 +37,9 @@ def test_gpu_profile_without_cuda_and_old_torch_allocator():
     fixed = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert not [x for x in evaluate(plan(), {"stage_check": old, "disk": BIG_DISK, "env": fixed})
                 if x.check == "allocator"]
+    configured = dict(old, allocator_configured=True)   # stages that set the name this torch reads themselves
+    assert not [x for x in evaluate(plan(), {"stage_check": configured, "disk": BIG_DISK, "env": {}})
+                if x.check == "allocator"]
 
 
 def test_wandb_needs_a_login_unless_offline():
