@@ -6,7 +6,8 @@
 #   nohup bash speedrun.sh > speedrun.log 2>&1 &                          # or without screen
 #   tail -f speedrun.log                                                  # follow the progress
 # Overrides (environment): NPROC_PER_NODE (1), DEVICE_BS (4 for base and mid; SFT uses SFT_BS, default 2),
-#   SEQ_LEN (1024 for base and mid), WANDB_RUN (dummy = no W&B), NANOCHAT_BASE_DIR (~/.cache/nanochat),
+#   SEQ_LEN (1024 for base and mid), WANDB_RUN (default: `nanotui config wandb_run`, else dummy = no W&B),
+#   NANOCHAT_BASE_DIR (~/.cache/nanochat),
 #   PROFILE=cpu-demo: the offline demo pipeline on a laptop CPU in about ten minutes (no download, no GPU).
 # Run it again after a crash, a kill or a reboot and it CONTINUES the same run: the run id (NANOCHAT_RUN_ID, the
 #   lineage every stage writes into its checkpoints) is kept in $NANOCHAT_BASE_DIR/speedrun_state.json until the
@@ -25,6 +26,8 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-1}
 if [ "$PROFILE" = "cpu-demo" ]; then
     WANDB_RUN=${WANDB_RUN:-dummy}; DEVICE_BS=${DEVICE_BS:-8}; SFT_BS=${SFT_BS:-4}; SEQ_LEN=${SEQ_LEN:-256}
 else  # the single-GPU plan (PROFILE=4090, the default); NPROC_PER_NODE=8 DEVICE_BS=32 SEQ_LEN=2048 is upstream's 8xH100
+    # WANDB_RUN, else `wandb_run` of ~/.config/nanotui/config.toml (`nanotui config`), else dummy (no W&B)
+    WANDB_RUN=${WANDB_RUN:-$(nanotui config wandb_run 2>/dev/null || true)}
     WANDB_RUN=${WANDB_RUN:-dummy}; DEVICE_BS=${DEVICE_BS:-4}; SFT_BS=${SFT_BS:-2}; SEQ_LEN=${SEQ_LEN:-1024}
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the GPU does the work; keep CPU threads from oversubscribing
 fi

@@ -9,6 +9,7 @@ import time
 from nanochat import execution
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+TARGET_MS = 50
 PROGRAM = '''
 from typing import List
 
@@ -64,6 +65,8 @@ def main() -> int:
           f"(median {med['sandboxed']:.1f} ms vs {med['bare']:.1f} ms bare, "
           f"ratio {med['sandboxed'] / med['bare']:.2f}x; "
           f"fastest runs +{low['sandboxed'] - low['bare']:.1f} ms)")
+    met = med["sandboxed"] - med["bare"] < TARGET_MS
+    print(f"target: under {TARGET_MS} ms overhead per execution: {'met' if met else 'MISSED'}")
     return 0
 
 

@@ -117,16 +117,44 @@ def print0(*args, **kwargs):
         print(*args, **kwargs)
 
 
+ALLOC_CONF_DEFAULT = "expandable_segments:True"   # fewer fragmentation OOMs for varying shapes (evals, SFT)
+ALLOC_CONF_NAMES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def allocator_env_name(torch_version: str) -> str:
+    """The allocator variable this torch reads: PYTORCH_ALLOC_CONF from 2.9 on (the CUDA-only name is deprecated
+    there), PYTORCH_CUDA_ALLOC_CONF before."""
+    m = re.match(r"(\d+)\.(\d+)", torch_version or "")
+    major, minor = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    return "PYTORCH_ALLOC_CONF" if (major, minor) >= (2, 9) else "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def configure_allocator(environ=None, torch_version=None) -> str:
+    """Give PyTorch's CUDA caching allocator its setting before any CUDA memory exists (compute_init calls this
+    first, so every stage gets it): a value the user set under either name is kept and carried over to the name
+    the installed torch reads; otherwise expandable segments. Returns the name set."""
+    env = os.environ if environ is None else environ
+    if torch_version is None:
+        import torch
+        torch_version = torch.__version__
+    name = allocator_env_name(torch_version)
+    value = next((env[n] for n in (name, *ALLOC_CONF_NAMES) if env.get(n)), ALLOC_CONF_DEFAULT)
+    env.setdefault(name, value)
+    return name
+
+
 def compute_init(device_type=None, seed=42):
     """Set up the device and, under torchrun with WORLD_SIZE > 1, the process group (NCCL on CUDA, Gloo otherwise).
 
-    Returns (ddp, rank, local_rank, world_size, device). Seeds torch with `seed` (same on every rank: the model
+    Returns (ddp, rank, local_rank, world_size, device). Sets the CUDA allocator's variable first
+    (configure_allocator). Seeds torch with `seed` (same on every rank: the model
     initialisation must agree across ranks). On CUDA enables TF32 matmuls and pins the device to LOCAL_RANK; off
     CUDA tunes glibc to reuse freed tensor memory (reuse_freed_memory).
     """
     import torch
     import torch.distributed as dist
 
+    configure_allocator()   # before the first CUDA call below
     device_type = device_type or autodetect_device_type()
     if device_type not in ("cuda", "mps", "cpu"):
         raise UsageError(f"unknown device type {device_type!r}; use cuda, mps or cpu")

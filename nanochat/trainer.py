@@ -1,11 +1,12 @@
-"""The shared resumable training loop of base/mid/SFT: flags, batch math, steps, logging, checkpoints, OOM, signals."""
-import argparse
-import base64
+"""The shared resumable training loop of base/mid/SFT: setup and resume, steps, logging, checkpoints, exits.
+
+Its parts live in nanochat/training/ by role (flags, OOM, fault injection, signals, RNG, W&B, the step hook); the
+names stage scripts and tests import from here are re-exported below.
+"""
 import gc
 import math
 import os
 import secrets
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -14,356 +15,39 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
-from nanochat import flag_aliases
-from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, check_model_tag, check_run_id,
-                                 checkpoint_dir, disk_full_error, load_checkpoint, moved_aside_dirs, plan_resume,
-                                 read_meta, run_id_from, save_checkpoint, update_meta)
-from nanochat.common import (COMPILE_AUTO_MIN_STEPS, COMPILE_MODES, UsageError, compute_mfu, format_mfu,
-                             get_dist_info, get_peak_flops, print0, resolve_compile)
+from nanochat.checkpoint import (CheckpointError, CheckpointLock, apply_plan, checkpoint_dir, disk_full_error,
+                                 load_checkpoint, moved_aside_dirs, plan_resume, read_meta, run_id_from,
+                                 save_checkpoint, update_meta)
+from nanochat.common import UsageError, compute_mfu, get_dist_info, get_peak_flops, print0, resolve_compile
 from nanochat.optim import get_muon_momentum
+from nanochat.training.faults import FAULT_OOM_ENV, FAULT_OOM_STEP_ENV, FaultInjector
+from nanochat.training.flags import (FlagParser, add_training_flags, bool_flag, compute_grad_accum,
+                                     device_batch_size_flag, float_flag, int_or_disabled, nonnegative_float,
+                                     nonnegative_int, positive_int, resume_flag, valid_device_batch_sizes)
+from nanochat.training.hook import StepHook
+from nanochat.training.oom import (CUDA_MEMORY_CAP_ENV, OutOfMemory, cuda_memory_cap_gib,
+                                   cuda_memory_fraction, exit_3_on_startup_oom, is_oom_error, one_line)
+from nanochat.training.rng import capture_rng, restore_rng
+from nanochat.training.samples import printable_sample
+from nanochat.training.signals import StopSignals, Stopped
+from nanochat.training.wandb_run import DummyWandb, start_wandb
+
+# what stage scripts, the batch probe, benchmarks and tests import from nanochat.trainer
+__all__ = ["CUDA_MEMORY_CAP_ENV", "EMA_BETA", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "EXIT_STOPPED", "EXIT_USAGE",
+           "FAULT_OOM_ENV", "FAULT_OOM_STEP_ENV", "FaultInjector", "FlagParser", "LoopState", "StepHook", "StopSignals",
+           "Trainer", "add_training_flags", "bool_flag", "capture_rng", "compute_grad_accum", "cuda_memory_cap_gib",
+           "cuda_memory_fraction", "device_batch_size_flag", "exit_3_on_startup_oom", "float_flag", "int_or_disabled",
+           "is_oom_error", "nonnegative_float", "nonnegative_int", "positive_int", "printable_sample", "restore_rng",
+           "resume_flag", "valid_device_batch_sizes"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 4  # EXIT_FAILED also = disk full
-FAULT_OOM_ENV = "NANOCHAT_FAULT_OOM_ABOVE_BS"        # raise torch.OutOfMemoryError in forward when B > K
-FAULT_OOM_STEP_ENV = "NANOCHAT_FAULT_OOM_FROM_STEP"  # ... but only from this step on (default 0)
-CUDA_MEMORY_CAP_ENV = "NANOCHAT_CUDA_MEMORY_CAP_GIB"  # cap this process's CUDA memory (emulate a smaller card)
 EMA_BETA = 0.9
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# flags
-
-class FlagParser(argparse.ArgumentParser):
-    """argparse that accepts `--a_b=1`, `--a-b 1`, `--a_b 1`; unknown flags and bad values raise UsageError (one line).
-
-    Register options with underscores (`--device_batch_size`); dashes in a flag name are mapped to underscores.
-    """
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):
-        raise UsageError(f"{flag_aliases.did_you_mean(message, self)} (see --help)")
-
-    @staticmethod
-    def normalise(argv):
-        if argv and argv[0] == "--":  # `torchrun ... -m module -- --flags` (as upstream's speedrun) passes the `--`
-            argv = argv[1:]
-        out = []
-        for token in argv:
-            if token.startswith("--") and len(token) > 2:
-                name, sep, value = token[2:].partition("=")
-                token = "--" + name.replace("-", "_") + sep + value
-            out.append(token)
-        return out
-
-    def parse_args(self, args=None, namespace=None):
-        argv = sys.argv[1:] if args is None else list(args)
-        return super().parse_args(flag_aliases.apply(self.normalise(argv), self), namespace)  # seed's names
-
-
-def _int_flag(min_value=None, allow=()):
-    def convert(text):
-        try:
-            value = int(str(text).strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-        if value in allow:
-            return value
-        if min_value is not None and value < min_value:
-            extra = f" (or {', '.join(map(str, allow))} to disable)" if allow else ""
-            raise argparse.ArgumentTypeError(f"{value} must be >= {min_value}{extra}")
-        return value
-    return convert
-
-
-positive_int = _int_flag(1)
-nonnegative_int = _int_flag(0)
-int_or_disabled = _int_flag(1, allow=(-1, 0))  # -1 (and 0) disable a periodic action
-
-
-def device_batch_size_flag(text):
-    """A positive integer, or `auto` (the stage measures the device: nanochat/batch_probe.py)."""
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    return positive_int(text)
-
-
-def float_flag(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def nonnegative_float(text):
-    value = float_flag(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be >= 0")
-    return value
-
-
-def resume_flag(text):
-    text = str(text).strip()
-    if text == "latest":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a step number nor 'latest'")
-    if value < -1:
-        raise argparse.ArgumentTypeError(f"{value} is not a step number")
-    return None if value == -1 else str(value)
-
-
-def bool_flag(text):
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use 1 or 0)")
-
-
-def add_training_flags(parser, **defaults):
-    """Add the flags every training stage shares; keyword arguments override their defaults.
-
-    --run, --device_type, --device_batch_size, --max_seq_len, --total_batch_size, --num_iterations, --grad_clip,
-    --save_every, --keep_last, --resume_from_step, --model_tag, --run_id, --eval_every, --eval_tokens, --compile,
-    --activation_checkpointing, and the hidden --data_lanes (one process reads W data lanes: the single-process twin
-    of a W-rank run).
-    """
-    d = dict(run="dummy", device_type="", device_batch_size=32, max_seq_len=2048, total_batch_size=524288,
-             num_iterations=-1, grad_clip=1.0, save_every=500, keep_last=3, resume_from_step=None, model_tag=None,
-             eval_every=250, eval_tokens=20 * 524288, data_lanes=1, run_id=None, compile="auto",
-             activation_checkpointing=False)
-    unknown = set(defaults) - set(d)
-    if unknown:
-        raise ValueError(f"unknown training flag defaults: {sorted(unknown)}")
-    d.update(defaults)
-    p = parser
-    p.add_argument("--run", type=str, default=d["run"], help="W&B run name ('dummy' disables W&B)")
-    p.add_argument("--device_type", type=str, default=d["device_type"], help="cuda|mps|cpu (empty: autodetect)")
-    p.add_argument("--device_batch_size", type=device_batch_size_flag, default=d["device_batch_size"],
-                   help="sequences per forward pass per device, or auto (probe the device; the total batch stays)")
-    p.add_argument("--max_seq_len", type=positive_int, default=d["max_seq_len"], help="context length")
-    p.add_argument("--total_batch_size", type=positive_int, default=d["total_batch_size"],
-                   help="tokens per optimizer step, all ranks together")
-    p.add_argument("--num_iterations", type=_int_flag(1, allow=(-1,)), default=d["num_iterations"],
-                   help="optimizer steps (-1: derive)")
-    p.add_argument("--grad_clip", type=float_flag, default=d["grad_clip"], help="gradient norm clip (0: off)")
-    p.add_argument("--save_every", type=int_or_disabled, default=d["save_every"],
-                   help="commit a checkpoint every N steps (-1: only at the end)")
-    p.add_argument("--keep_last", type=nonnegative_int, default=d["keep_last"],
-                   help="checkpoints kept besides the best val bpb (0: keep all)")
-    p.add_argument("--resume_from_step", type=resume_flag, default=d["resume_from_step"],
-                   help="resume from this checkpoint step, or 'latest'")
-    p.add_argument("--model_tag", type=check_model_tag, default=d["model_tag"], help="checkpoint directory name")
-    p.add_argument("--run_id", type=check_run_id, default=d["run_id"],
-                   help="lineage id written into every checkpoint (default: $NANOCHAT_RUN_ID, else a new one)")
-    p.add_argument("--eval_every", type=int_or_disabled, default=d["eval_every"],
-                   help="evaluate every N steps (-1: off)")
-    p.add_argument("--eval_tokens", type=positive_int, default=d["eval_tokens"], help="tokens per evaluation")
-    p.add_argument("--data_lanes", type=positive_int, default=d["data_lanes"], help=argparse.SUPPRESS)
-    p.add_argument("--compile", choices=COMPILE_MODES, default=d["compile"],
-                   help=f"torch.compile the model and Newton-Schulz (auto: on CUDA, and on CPU from "
-                        f"{COMPILE_AUTO_MIN_STEPS} steps)")
-    p.add_argument("--activation_checkpointing", type=bool_flag, nargs="?", const=True,
-                   default=d["activation_checkpointing"],
-                   help="recompute each block's activations in the backward (less memory, ~1/3 more compute)")
-    return parser
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# batch math
-
-def valid_device_batch_sizes(total_batch_size, seq_len, world_size=1):
-    """Device batch sizes B for which total_batch_size is a multiple of B·seq_len·world_size."""
-    unit = seq_len * world_size
-    if total_batch_size % unit:
-        return []
-    sequences = total_batch_size // unit
-    return [b for b in range(1, sequences + 1) if sequences % b == 0]
-
-
-def compute_grad_accum(total_batch_size, device_batch_size, seq_len, world_size=1) -> int:
-    """total_batch_size / (B·T·world); UsageError naming the valid device batch sizes when it does not divide."""
-    for name, value in (("total_batch_size", total_batch_size), ("device_batch_size", device_batch_size),
-                        ("max_seq_len", seq_len)):
-        if not isinstance(value, int) or value <= 0:
-            raise UsageError(f"--{name} must be a positive integer, got {value!r}")
-    per_step = device_batch_size * seq_len * world_size
-    if total_batch_size % per_step == 0:
-        return total_batch_size // per_step
-    valid = valid_device_batch_sizes(total_batch_size, seq_len, world_size)
-    ranks = f" x {world_size} ranks" if world_size > 1 else ""
-    if valid:
-        hint = f"valid device batch sizes: {', '.join(map(str, valid))}"
-    else:
-        hint = (f"no device batch size works: make --total_batch_size a multiple of "
-                f"max_seq_len{' x ranks' if world_size > 1 else ''} = {seq_len * world_size}")
-    raise UsageError(f"--total_batch_size={total_batch_size} is not a multiple of device_batch_size x max_seq_len"
-                     f"{ranks} = {device_batch_size} x {seq_len}{ranks} = {per_step:,}; {hint}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# OOM, fault injection, signals
-
-def is_oom_error(exc) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def exit_3_on_startup_oom(main):
-    """Wrap a stage's `main(argv)` so that an OOM before the training loop (loading or moving the model to the GPU)
-    ends like one inside it: the `OOM:` line (nothing to save yet) and exit 3, which the supervisor's ladder reads."""
-    def wrapped(argv=None):
-        try:
-            return main(argv)
-        except Exception as exc:
-            if not is_oom_error(exc):
-                raise
-            bs = _flag_value(sys.argv[1:] if argv is None else argv, "device_batch_size")
-            print0(f"OOM: CUDA out of memory at device_batch_size={bs or '?'}, step 0; emergency checkpoint: none")
-            print(f"torch.OutOfMemoryError: {' '.join(str(exc).split())[:300]}", file=sys.stderr, flush=True)
-            return 3
-    wrapped.__doc__ = main.__doc__
-    return wrapped
-
-
-def _flag_value(argv, name):
-    """The value of `--name=V` / `--name V` (dashes or underscores) in argv, or None."""
-    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
-    for i, token in enumerate(argv):
-        key, eq, value = token.partition("=")
-        if key in spellings:
-            return value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-    return None
-
-
-def _env_nonneg_int(name):
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"{name}={text!r} must be a non-negative integer")
-    if value < 0:
-        raise UsageError(f"{name}={text!r} must be a non-negative integer")
-    return value
-
-
-class FaultInjector:
-    """NANOCHAT_FAULT_OOM_ABOVE_BS=K: forward passes with more than K rows raise a real torch.OutOfMemoryError
-    (from step NANOCHAT_FAULT_OOM_FROM_STEP on, default 0), so the OOM path runs on any machine."""
-
-    def __init__(self):
-        self.above_bs = _env_nonneg_int(FAULT_OOM_ENV)
-        self.from_step = _env_nonneg_int(FAULT_OOM_STEP_ENV) or 0
-
-    def check(self, batch_rows: int, step: int):
-        if self.above_bs is not None and batch_rows > self.above_bs and step >= self.from_step:
-            raise torch.OutOfMemoryError(
-                f"CUDA out of memory. Tried to allocate 2.00 GiB (fault injection: {FAULT_OOM_ENV}={self.above_bs}, "
-                f"batch of {batch_rows} rows at step {step})")
-
-
-def cuda_memory_cap_gib():
-    """NANOCHAT_CUDA_MEMORY_CAP_GIB as a positive float (GiB), None when unset; UsageError when malformed."""
-    text = os.environ.get(CUDA_MEMORY_CAP_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{CUDA_MEMORY_CAP_ENV}={text!r} must be a positive number of GiB (e.g. 24); unset it to "
-                         f"use the whole card")
-    return value
-
-
-def cuda_memory_fraction(cap_gib: float, total_bytes: int) -> float:
-    """The torch.cuda.set_per_process_memory_fraction argument that caps a card of `total_bytes` at `cap_gib`."""
-    return min(1.0, cap_gib * 2**30 / total_bytes)
-
-
-class _Stopped(Exception):
-    pass
 
 
 class _DiskFull(Exception):
     def __init__(self, message):
         super().__init__(message)
         self.message = message
-
-
-_UNPRINTABLE = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def printable_sample(text: str) -> str:
-    """A model sample as ONE log line: backslash, newlines, carriage returns, escape sequences and every other
-    control or line/paragraph-separator character are escaped, so a sample can never fake a log line."""
-    import unicodedata
-    out = []
-    for ch in text:
-        if ch in _UNPRINTABLE:
-            out.append(_UNPRINTABLE[ch])
-        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-class _OutOfMemory(Exception):
-    def __init__(self, message):
-        super().__init__(message)
-        self.message = message
-
-
-def _one_line(exc, limit=300):
-    return " ".join(str(exc).split())[:limit]
-
-
-class StopSignals:
-    """SIGTERM/SIGINT set a flag the loop polls (the stop checkpoint follows); further ones are logged on stderr
-    and ignored, so a logout's SIGTERM to the process group plus the supervisor's own cannot kill the checkpoint
-    (only SIGKILL can). Once a stop was requested the handler stays installed until the process exits."""
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.received is None:
-            self.received = name
-            return
-        try:  # os.write, not print: a handler may run in the middle of a print to the same stream
-            os.write(2, f"Ignoring {name}: already stopping on {self.received} (writing the stop checkpoint; only "
-                        f"SIGKILL ends it sooner)\n".encode())
-        except OSError:
-            pass
-
-    def __enter__(self):
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self.received is None:  # after a stop, keep ignoring repeats until the process is gone
-            for sig, prev in self._previous.items():
-                signal.signal(sig, prev)
-        self._previous = {}
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -393,78 +77,12 @@ class LoopState:
         return cls(**known)
 
 
-def _b64(tensor):
-    return base64.b64encode(bytes(tensor.cpu().to(torch.uint8).tolist())).decode("ascii")
-
-
-def _unb64(text):
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
-
-
-def capture_rng(device) -> dict:
-    state = {"cpu": _b64(torch.get_rng_state()), "cuda": None}
-    if device.type == "cuda":
-        state["cuda"] = _b64(torch.cuda.get_rng_state(device))
-    return state
-
-
-def restore_rng(state, device):
-    if not state:
-        return
-    torch.set_rng_state(_unb64(state["cpu"]))
-    if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
-
-
-class _DummyWandb:
-    def log(self, *args, **kwargs):
-        pass
-
-    def finish(self):
-        pass
-
-
 def _all_gather_json(obj, world_size):
     if world_size <= 1 or not dist.is_initialized():
         return [obj]
     out = [None] * world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# what a stage contributes to a step
-
-class StepHook:
-    """A stage's part in each optimizer step: the loss every micro-batch backpropagates and the step's log line.
-
-    This default is pretraining's (and midtraining's): a batch is (x, y); each micro-batch backpropagates its mean
-    token loss divided by the accumulation steps; the line is `step S/N (p%) | loss: ... | ... | total time: ...`.
-    A stage with other needs (SFT) passes its own subclass to `Trainer(hook=...)`.
-    """
-    count_targets = False  # True: the trainer counts the targets >= 0 of each step (all ranks) as `num_tokens`
-
-    def micro_loss(self, trainer, batch):
-        """The loss to backpropagate for one micro-batch; over the step's micro-batches these sum to the step loss."""
-        x, y = batch
-        with trainer.autocast():
-            loss = trainer.forward_model(x, y)
-        return loss / trainer.grad_accum_steps
-
-    def batch_lines(self, trainer):
-        per_rank = trainer.B * trainer.T
-        return [f"Tokens / micro-batch / rank: {trainer.B} x {trainer.T} = {per_rank:,}",
-                f"Tokens / micro-batch: {per_rank * trainer.world_size:,}",
-                f"Total batch size {trainer.total_batch_size:,} => gradient accumulation steps: "
-                f"{trainer.grad_accum_steps}"]
-
-    def step_line(self, trainer, step, m) -> str:
-        """m: train_loss (this step), debiased (EMA), lrm, dt, tok_per_sec, mfu, num_tokens, total_time (s)."""
-        n = trainer.num_iterations
-        pct = 100 * step / n if n else 100.0
-        return (f"step {step:05d}/{n:05d} ({pct:.2f}%) | loss: {m['debiased']:.6f} | lrm: {m['lrm']:.2f} | "
-                f"dt: {m['dt'] * 1000:.2f}ms | tok/sec: {m['tok_per_sec']:,} | mfu: {format_mfu(m['mfu'])} | "
-                f"total time: {m['total_time'] / 60:.2f}m")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -538,7 +156,7 @@ class Trainer:
         self.step = 0
         self.start_step = 0
         self.loader = None
-        self.wandb_run = _DummyWandb()
+        self.wandb_run = DummyWandb()
         self.wandb_run_id = None
         self.last_saved_step = None
         self.evals_done_at_start = False
@@ -702,19 +320,10 @@ class Trainer:
             mismatch("data_lanes", meta.get("data_lanes", 1), self.lanes, "keep --data_lanes")
 
     def _init_wandb(self):
-        run_name = getattr(self.args, "run", "dummy")
         if self.wandb_run_id is None:
             self.wandb_run_id = secrets.token_hex(4)
-        if run_name == "dummy" or not self.master:
-            return
-        try:
-            import wandb
-            self.wandb_run = wandb.init(project=self.wandb_project, name=run_name, id=self.wandb_run_id,
-                                        resume="allow", config=self.user_config)
-            print0(f"W&B run: {run_name} (id {self.wandb_run_id})")
-        except Exception as exc:  # no login, no network: training matters more than the dashboard
-            print0(f"W&B logging disabled: {' '.join(str(exc).split())[:200]}")
-            self.wandb_run = _DummyWandb()
+        self.wandb_run = start_wandb(project=self.wandb_project, run_name=getattr(self.args, "run", "dummy"),
+                                     run_id=self.wandb_run_id, master=self.master, config=self.user_config)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
 
@@ -775,7 +384,7 @@ class Trainer:
         return next(self.loader)
 
     def _train_step(self, step):
-        """Run optimizer step `step`. Raises _OutOfMemory / _Stopped before any weight changed."""
+        """Run optimizer step `step`. Raises OutOfMemory / Stopped before any weight changed."""
         model, accum = self.model, self.grad_accum_steps
         self._snapshot = (step, self._loader_state(), capture_rng(self.device))
         self._sync()
@@ -803,7 +412,7 @@ class Trainer:
         except Exception as exc:
             if not is_oom_error(exc):
                 raise
-            oom = _one_line(exc)  # keep the text only: the traceback would pin the activations in memory
+            oom = one_line(exc)  # keep the text only: the traceback would pin the activations in memory
         oom_any, stop_any = oom is not None, self.stop_requested()
         if self.ddp:  # the ranks agree (a host sync, under DDP only: a single process decides in Python)
             flags = torch.tensor([float(oom_any), float(stop_any)], device=self.device)
@@ -813,8 +422,8 @@ class Trainer:
             model.zero_grad(set_to_none=True)
             del loss_sum
             if oom_any:
-                raise _OutOfMemory(oom if oom is not None else "CUDA out of memory on another rank")
-            raise _Stopped()
+                raise OutOfMemory(oom if oom is not None else "CUDA out of memory on another rank")
+            raise Stopped()
 
         params = [p for p in model.parameters() if p.grad is not None]
         stats = torch.stack([loss_sum, tokens.float(), target_tokens.float()])
@@ -899,9 +508,9 @@ class Trainer:
                     self.setup()
                     self.print_batch_math()
                     return self._loop()
-                except _OutOfMemory as exc:
+                except OutOfMemory as exc:
                     outcome = ("oom", exc.message, True)
-                except _Stopped:
+                except Stopped:
                     outcome = ("stop", None, True)
                 except _DiskFull:
                     raise
@@ -911,7 +520,7 @@ class Trainer:
                     # weights and optimizer state are intact before the optimizer step ("fwdbwd": the gradient
                     # reduction and clipping after the micro-steps) and between steps; not during or right after it
                     consistent = self._phase in ("boundary", "eval", "fwdbwd") and not self.ddp
-                    outcome = ("oom", _one_line(exc), consistent)
+                    outcome = ("oom", one_line(exc), consistent)
                 # handled outside the except clauses: the failed frames (and their GPU tensors) are released now
                 kind, message, consistent = outcome
                 if kind == "oom":
@@ -946,7 +555,7 @@ class Trainer:
             if last:
                 break
             if not self.ddp and self.stop_requested():  # under DDP the ranks agree inside _train_step
-                raise _Stopped()
+                raise Stopped()
             train_loss, lrm, dt, tokens, target_tokens = self._train_step(step)
             self.step, self._phase = step + 1, "boundary"  # an OOM from here on checkpoints step+1, as it should
             self._log_step(step, train_loss, lrm, dt, tokens, target_tokens)

@@ -64,6 +64,8 @@ def _status_line(s: dict) -> str:
                     + (f", auto in {max(0, dl - time.time()):.0f}s" if dl else ", waiting for a command"))
     if s.get("reason") and not p:
         bits.append(s["reason"])
+    if s.get("wandb_url") or s.get("wandb_error"):
+        bits.append(f"W&B {s['wandb_url']}" if s.get("wandb_url") else f"W&B off: {s['wandb_error']}")
     if s.get("problem"):  # a corrupt state.json, or a condition the supervisor reports (disk full)
         live_issue = s["problem"].startswith(("disk full", "write error"))
         bits.append(s["problem"] if live_issue else f"{s['problem']}: this status may be wrong")
@@ -84,6 +86,8 @@ def notify_terminal(message: str, stream=None) -> None:
 def cmd_start(a) -> int:
     from nanotui.core.plan import collect_overrides
     from nanotui.runtime.launch import profile_plan
+    from nanotui.usercli import start_profile
+    a.profile = start_profile(a.profile)   # --profile, NANOTUI_PROFILE or the config file
     flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc, "WANDB_RUN": a.wandb_run}
     plan = profile_plan(a.profile, collect_overrides(os.environ, flags), a.stages, a.set, python=sys.executable)
     if getattr(a, "dry_run", False):   # the preflight alone: nothing started, nothing written
@@ -103,10 +107,22 @@ def _detected_gpu() -> dict | None:
         return None
 
 
+def _positive_int(value, flag: str):
+    """None, or `value` as a positive int; ValueError (one line) otherwise."""
+    if value is None:
+        return None
+    if not str(value).strip().isdigit() or int(value) < 1:
+        raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def cmd_plan(a) -> int:
-    """`nanotui plan --profile P [--gpu NAME] [--headroom F]`: predicted memory per DEVICE_BS of each training stage."""
+    """`nanotui plan --profile P [--gpu NAME] [--headroom F] [--depth N] [--vocab-size V]`: predicted memory per
+    DEVICE_BS of each training stage."""
     from nanotui.core.plan import PlanError, build_plan, collect_overrides
     from nanotui.core.vramplan import choose_gpu, format_plan, plan_vram
+    from nanotui.usercli import start_profile
+    a.profile = start_profile(a.profile)   # --profile, NANOTUI_PROFILE or the config file
     flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc}
     try:
         plan = build_plan(a.profile, collect_overrides(os.environ, flags), python=sys.executable).to_dict()
@@ -116,9 +132,11 @@ def cmd_plan(a) -> int:
             headroom = float("nan")
         if not 0 <= headroom < 1:
             raise ValueError(f"--headroom must be a fraction in [0, 1), got {a.headroom}")
+        depth, vocab = _positive_int(a.depth, "--depth"), _positive_int(a.vocab_size, "--vocab-size")
         gpu = choose_gpu(a.gpu, None if a.gpu else _detected_gpu(), a.profile)
         explicit = a.device_bs is not None or bool(os.environ.get("DEVICE_BS"))
-        tables = plan_vram(plan, gpu, headroom, keep_chosen=explicit)   # an explicit DEVICE_BS keeps its row
+        tables = plan_vram(plan, gpu, headroom, depth=depth, vocab_size=vocab,
+                           keep_chosen=explicit)   # an explicit DEVICE_BS keeps its row
     except (PlanError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else "bad --headroom") from None
     if a.json:
@@ -145,13 +163,21 @@ def cmd_run(a) -> int:
         raise UsageError(str(e)) from None
     if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
         raise UsageError(f"command not found: {cmd[0]}")
+    from nanotui.runtime import settings
+    try:  # the config file's W&B settings reach a supervised script through WANDB_RUN/WANDB_PROJECT/...
+        settings.apply_to_plan(plan, command=True)
+    except settings.ConfigError as e:
+        raise UsageError(str(e)) from None
     return _start_plan(plan, a)
 
 
 def _start_plan(plan: dict, a) -> int:
     from nanotui.runtime.launch import start_plan
     from nanotui.runtime.preflight import preflight_or_refuse
+    from nanotui.usercli import check_notify_url
     grace = _grace_arg(a.grace)
+    if check_notify_url(getattr(a, "notify_url", None)):
+        plan["notify_url"] = a.notify_url   # else NANOTUI_NOTIFY_URL / the config file, read by the supervisor
     preflight_or_refuse(plan, _base_dir())   # refusals: StartError, one line each; warnings printed
     rd, pid = start_plan(plan, _base_dir(), cwd=os.getcwd(), grace=grace,
                          stop_timeout=getattr(a, "stop_timeout", None), preflight=False)
@@ -350,6 +376,12 @@ def cmd_stop(a) -> int:
 
 def cmd_resume(a) -> int:
     from nanotui.runtime.control import ControlClient, ControlError
+    if a.all_unfinished:
+        if a.run or a.step is not None or a.device_bs is not None:
+            raise UsageError("--all-unfinished resumes every interrupted run as it was; give no run, --step "
+                             "or --device-bs with it")
+        from nanotui.usercli import resume_all_unfinished
+        return resume_all_unfinished()
     rd = _resolve(a.run)
     if a.step is not None and a.step < 0:
         raise UsageError("--step must be >= 0")
@@ -430,7 +462,8 @@ def cmd_doctor(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    a.profile, a.device_bs, a.seq_len, a.nproc, a.wandb_run = "cpu-demo", None, None, None, None
+    # the offline demo never logs to W&B, whatever the config file says
+    a.profile, a.device_bs, a.seq_len, a.nproc, a.wandb_run = "cpu-demo", None, None, None, "dummy"
     a.stages, a.set, a.stop_timeout, a.attach = None, [], None, True
     return cmd_start(a)
 
@@ -458,11 +491,14 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default 60)")
 
     sp = sub.add_parser("start", help="start a pipeline from a profile, detached")
-    sp.add_argument("--profile", required=True)
+    sp.add_argument("--profile", help="4090, 8xh100 or cpu-demo (default: NANOTUI_PROFILE or `profile` in the "
+                                      "config file, see `nanotui config`)")
     sp.add_argument("--device-bs")
     sp.add_argument("--seq-len")
     sp.add_argument("--nproc")
     sp.add_argument("--wandb-run")
+    sp.add_argument("--notify-url", help="POST run events here (default: NANOTUI_NOTIFY_URL or the config file; "
+                                         "off = none)")
     sp.add_argument("--stages", help="comma-separated subset of the profile's stages")
     sp.add_argument("--set", action="append", default=[], metavar="STAGE:--flag=value",
                     help="override one flag of a stage (repeatable)")
@@ -473,13 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_start)
 
     sp = sub.add_parser("plan", help="predicted VRAM per DEVICE_BS for each training stage of a profile")
-    sp.add_argument("--profile", required=True)
+    sp.add_argument("--profile", help="default: NANOTUI_PROFILE or `profile` in the config file")
     sp.add_argument("--gpu", help="4090, h100, a100, ... or a size in GiB (default: the detected GPU, else the "
                                   "profile's)")
     sp.add_argument("--headroom", help="fraction of the card left free (default 0.1)")
     sp.add_argument("--device-bs")
     sp.add_argument("--seq-len")
     sp.add_argument("--nproc")
+    sp.add_argument("--depth", help="model depth (default: the profile's base_train --depth)")
+    sp.add_argument("--vocab-size", help="vocabulary size (default: the profile's tok_train --vocab_size)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_plan)
 
@@ -507,15 +545,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stop":
             sp.add_argument("--no-wait", action="store_true")
         if name == "resume":
+            from nanotui.usercli import add_resume_flag
+            add_resume_flag(sp)
             sp.add_argument("--step", type=int)
             sp.add_argument("--device-bs", type=int)
             grace(sp)
     sp = sub.add_parser("ls", help="list runs")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_ls)
-    sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind and W&B")
+    sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind, W&B, boot resume and the code sandbox")
     sp.add_argument("--profile", default="4090")
     sp.set_defaults(fn=cmd_doctor)
+    from nanotui.usercli import add_commands
+    add_commands(sub)   # config, service
     sp = sub.add_parser("demo", help="start the cpu-demo pipeline and attach")
     grace(sp)
     sp.set_defaults(fn=cmd_demo)

@@ -5,17 +5,14 @@
 """
 import json
 import math
-import os
 from dataclasses import asdict
 
-os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+import torch
 
-import torch  # noqa: E402
-
-from nanochat.batch_probe import resolve_device_batch_size  # noqa: E402
-from nanochat.common import (UsageError, autodetect_device_type, compute_cleanup, compute_init,  # noqa: E402
+from nanochat.batch_probe import resolve_device_batch_size
+from nanochat.common import (UsageError, autodetect_device_type, compute_cleanup, compute_init,
                              print0, run_main)
-from nanochat.trainer import (FlagParser, Trainer, add_training_flags, compute_grad_accum, float_flag,  # noqa: E402
+from nanochat.trainer import (FlagParser, Trainer, add_training_flags, compute_grad_accum, float_flag,
                               exit_3_on_startup_oom, int_or_disabled, positive_int, printable_sample)
 
 SAMPLE_PROMPTS = [

@@ -1,5 +1,6 @@
 """HumanEval (openai/openai_humaneval): write a Python function; checked by its unit tests in the sandbox."""
 import re
+import secrets
 
 from nanochat.execution import execute_code
 from nanochat.tasks.common import Task
@@ -35,6 +36,17 @@ class HumanEval(Task):
                 "entry_point": row["entry_point"], "test": row["test"], "prompt": row["prompt"]}
 
     def evaluate(self, conversation, completion):
+        """Correct only when check() ran to completion: the program's last line prints a fresh random sentinel after
+        it, so a completion that exits early (sys.exit(0), os._exit(0)) scores False, not a pass."""
+        sentinel = secrets.token_hex(16)
         program = (imports_of(conversation["prompt"]) + "\n\n" + extract_program(completion) + "\n\n"
-                   + conversation["test"] + "\n" + f"check({conversation['entry_point']})\n")
-        return execute_code(program, timeout=self.timeout_s).success
+                   + conversation["test"] + "\n" + f"check({conversation['entry_point']})\n"
+                   + f"print('\\n' + {sentinel!r}, flush=True)\n")
+        result = execute_code(program, timeout=self.timeout_s)
+        return passed(result, sentinel)
+
+
+def passed(result, sentinel: str) -> bool:
+    """Exit 0 and the sentinel as the last line of stdout (output nothing truncated)."""
+    lines = result.stdout.rstrip("\n").splitlines()
+    return bool(result.success and not result.output_truncated and lines and lines[-1] == sentinel)

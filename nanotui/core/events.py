@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 __all__ = [
     "Step", "ValBpb", "CoreMetric", "ValLoss", "StepMetrics", "Config", "CheckpointSaved", "Oom",
     "Sample", "EndOfRun", "Error", "EvalResult", "EvalProgress", "ResumedFrom", "StopRequested", "Raw", "Event",
-    "BatchProbe", "BatchChoice",
+    "BatchProbe", "BatchChoice", "WandbInfo",
     "STEP_KINDS", "new_step",
 ]
 
@@ -165,13 +165,24 @@ class BatchChoice:
 
 
 @dataclass(frozen=True, slots=True)
+class WandbInfo:
+    """W&B at a stage's start (core/wandbinfo.py): ours `W&B run: NAME (id ID)`, `W&B run URL: URL`,
+    `W&B logging disabled: WHY` (error set); wandb's own `wandb: ... View run [NAME] at[:] URL` (upstream too)."""
+    name: Optional[str] = None
+    run_id: Optional[str] = None
+    url: Optional[str] = None
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True, slots=True)
 class Raw:
     """A line no rule recognised (only emitted by `LogParser(emit_raw=True)`), ANSI already stripped."""
     text: str
 
 
 Event = Union[Step, ValBpb, CoreMetric, ValLoss, StepMetrics, Config, CheckpointSaved, Oom, Sample,
-              EndOfRun, Error, EvalResult, EvalProgress, ResumedFrom, StopRequested, BatchProbe, BatchChoice, Raw]
+              EndOfRun, Error, EvalResult, EvalProgress, ResumedFrom, StopRequested, BatchProbe, BatchChoice, WandbInfo,
+              Raw]
 
 
 class _StepBuilder:

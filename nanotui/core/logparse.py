@@ -11,6 +11,7 @@ from .events import (
     BatchChoice, BatchProbe, CheckpointSaved, Config, CoreMetric, EndOfRun, Error, EvalProgress, EvalResult, Event,
     Oom, Raw, ResumedFrom, Sample, Step, StepMetrics, StopRequested, ValBpb, ValLoss, new_step,
 )
+from .wandbinfo import parse_wandb
 
 __all__ = ["parse_line", "clean_line", "strip_ansi", "LogParser", "parse_text"]
 
@@ -353,6 +354,8 @@ def _parse_other(s: str) -> Optional[Event]:
     elif c == "a" and s.startswith("accuracy: "):
         m = _CORE_TASK_RE.match(s)
         return EvalResult("?", float(m.group(2)), float(m.group(3))) if m else None
+    elif (c == "W" and s.startswith("W&B ")) or (c == "w" and s.startswith("wandb:") and "View run" in s):
+        return parse_wandb(s)
     # rules that need a search rather than a prefix test
     if "Distributed world size:" in s:
         v = _int(s.rsplit(":", 1)[1])

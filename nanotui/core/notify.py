@@ -7,8 +7,9 @@ from typing import Mapping
 
 # events.jsonl kinds an attached dashboard announces (toast + bell + desktop notification)
 NOTICE_KINDS = ("oom", "waiting", "fallback", "carried_bs", "stage_done", "crashed", "failed", "stopped", "done",
-                "disk_full")
+                "disk_full", "wandb_failed")
 SEVERITY = {"oom": "error", "crashed": "error", "failed": "error", "disk_full": "error", "waiting": "warning",
+            "wandb_failed": "warning",
             "fallback": "warning", "carried_bs": "warning",
             "stopped": "warning", "stage_done": "information", "done": "information"}
 MAX_MESSAGE = 200
@@ -70,3 +71,33 @@ def notice_for_event(ev: Mapping) -> Notice | None:
         else:
             message = f"{stage}: {ev.get('reason') or kind}" if stage else str(ev.get("reason") or kind)
     return Notice(kind, sanitize_message(message), SEVERITY.get(kind, "information"))
+
+
+# ---- pushed notifications (runtime/webhook.py POSTs these when a notify_url is configured) ------------------------
+# event kind -> the word the one-line message starts with. Generic by kind: a new kind needs one entry here.
+PUSH_KINDS = {"done": "done", "crashed": "crashed", "failed": "failed", "fallback": "OOM fallback",
+              "disk_full": "disk full", "rollback": "divergence rollback", "stopped": "stopped"}
+PUSH_LIMIT = 400
+
+
+def push_text(ev: Mapping, run_id: str, previous: Mapping | None = None) -> str | None:
+    """The plain-text body to POST for one events.jsonl record, or None when the kind is not pushed. A `failed`
+    that follows a pushed `crashed` of the same stage says nothing new and is skipped (one post per crash)."""
+    kind = ev.get("type")
+    label = PUSH_KINDS.get(kind)
+    if label is None:
+        return None
+    if kind == "failed" and previous is not None and previous.get("type") == "crashed" \
+            and previous.get("stage") == ev.get("stage"):
+        return None
+    message = ev.get("message")
+    if not message:
+        if kind == "fallback":
+            message = f"{ev.get('stage') or 'stage'}: device_batch_size {ev.get('from_bs')} -> {ev.get('to_bs')}"
+        elif kind == "rollback":
+            step = ev.get("to_step", ev.get("step"))
+            message = f"{ev.get('stage') or 'stage'}: rolled back" + (f" to step {step}" if step is not None else "")
+        else:
+            notice = notice_for_event(ev)
+            message = notice.message if notice else (ev.get("reason") or ev.get("error") or kind)
+    return sanitize_message(f"nanotui {run_id}: {label}: {message}", PUSH_LIMIT)

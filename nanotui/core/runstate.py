@@ -334,6 +334,9 @@ EVENT_FIELDS: dict = {
     "device_bs_probe": ("stage", "key", "device_bs", "eval_bs", "eval_detail", "headroom", "limit_gib",
                         "capacity_gib", "detail", "rows"),
     "device_bs_reused": ("stage", "device_bs", "from_stage", "key"),
+    # W&B (core/wandbinfo.py): the run's URL once known; a stage whose W&B start failed (it trains on without)
+    "wandb": ("stage", "name", "url"),
+    "wandb_failed": ("stage", "error"),
 }
 
 

@@ -7,7 +7,8 @@ from typing import Optional
 
 __all__ = [
     "GIB", "GpuSpec", "GPUS", "gpu_spec", "ModelShape", "Assumptions", "DEFAULT_HEADROOM",
-    "param_counts", "training_terms", "eval_terms", "device_bytes", "candidates", "StageVram", "VramRow",
+    "param_counts", "training_terms", "eval_terms", "allocated_bytes", "device_bytes", "accumulation", "candidates",
+    "StageVram", "VramRow",
     "plan_stage", "format_stage", "shape_key",
 ]
 
@@ -88,29 +89,37 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Assumptions:
-    """The memory model's knobs; every default is stated in README "Choosing DEVICE_BS".
+    """The memory model's terms; each is fitted or argued in docs/VRAM_CALIBRATION.md (published upstream peaks)
+    and summed up in docs/device-batch-size.md.
 
     cuda: bf16 autocast, bf16 token embedding, fp32 master weights elsewhere (off: everything fp32, as on CPU).
     compiled: torch.compile'd training forward (base/mid); SFT trains eagerly (variable shapes).
     act_values_per_layer: values per token and layer that autograd saves in eager mode (19·n_embd: attention input,
       its norm, q/k before and after QK-norm, v, the attention output and its contiguous copy; MLP input, its norm,
       the 4·n_embd ReLU output and its square's input shared = 10·n_embd), at the activation dtype.
-    compile_act_factor: what torch.compile keeps of that (it recomputes pointwise ops); calibrated on two published
-      upstream facts (README): d20 B=32 T=2048 fits an 80 GB H100, d32 B=16 T=2048 does not.
-    logit_copies_*: fp32 [B, T, vocab] tensors alive at the peak: compiled training keeps the bf16 logits plus a
-      bf16 gradient (= 1 fp32 copy); eager training keeps tanh and log-softmax outputs and, in backward, two
-      gradients (4); an eager no-grad evaluation holds logits, logits/15 and tanh at once (3).
+    compile_act_factor: what torch.compile keeps of that; fitted at 1.0 on the d20 B=32 H100 peak, where the
+      activations are 80 % of the total (it fused pointwise ops but keeps about as much as eager would).
+    logit_bytes_*: bytes per [B, T, vocab] element alive at the peak. Compiled training holds the logits as one
+      bf16 buffer that its gradient reuses (2; fitted on the d8 B=32 peak, where logits are 45 % of the total);
+      eager training keeps tanh and log-softmax outputs and, in backward, two gradients (four fp32 copies, 16); an
+      eager no-grad evaluation holds logits, logits/15 and tanh at once (three fp32 copies, 12).
+    grad_sets_accumulating: gradient-sized buffers alive at the peak of a micro-step that accumulates into existing
+      .grad (gradient accumulation > 1): the fp32 .grad itself, the compiled backward's fresh fp32 gradients, which
+      it hands back all at once, and their bf16 matmul outputs (0.5). Fitted on the single-card d20 B=8 peak.
+      The first micro-step of a step starts with no .grad (zero_grad sets None) and peaks before they exist.
     allocator_slack: reserved/allocated of PyTorch's caching allocator at the peak (expandable segments on).
     context_gib: CUDA context, cuBLAS/cuDNN workspaces, NCCL buffers: device memory PyTorch does not count.
     """
     cuda: bool = True
     compiled: bool = True
     act_values_per_layer: float = 19.0
-    compile_act_factor: float = 0.75
+    compile_act_factor: float = 1.0
     backward_transient_values: float = 10.0
-    logit_copies_train_compiled: float = 1.0
-    logit_copies_train_eager: float = 4.0
-    logit_copies_eval: float = 3.0
+    logit_bytes_train_compiled: float = 2.0
+    logit_bytes_train_eager: float = 16.0
+    logit_bytes_eval: float = 12.0
+    grad_sets_accumulating: float = 2.5
+    grad_sets_accumulating_eager: float = 1.0
     allocator_slack: float = 0.05
     context_gib: float = 0.6
     world_size: int = 1
@@ -140,18 +149,37 @@ def _state_terms(shape: ModelShape, a: Assumptions) -> dict:
     return {"weights": weights + rotary, "grads": weights, "adamw": adamw, "muon": muon}
 
 
-def training_terms(shape: ModelShape, device_bs: int, a: Assumptions = Assumptions()) -> dict:
-    """Bytes of each term at the peak of a training micro-step (backward of the loss, gradients present)."""
+def training_terms(shape: ModelShape, device_bs: int, a: Assumptions = Assumptions(),
+                   grad_accum: Optional[int] = None) -> dict:
+    """Bytes of each term at the peak of a training micro-step: the start of its backward (activations and logits
+    alive). `grad_accum` is the number of micro-steps per optimizer step (None: assume more than one, the larger
+    case): with one, no .grad exists yet at that peak, and the only gradient memory that can top it is the end of
+    the backward (fresh gradients plus their bf16 halves, activations gone)."""
     tokens = device_bs * shape.seq_len
     d = shape.n_embd
     terms = _state_terms(shape, a)
+    grads = terms["grads"]
     values = a.act_values_per_layer * (a.compile_act_factor if a.compiled else 1.0)
     terms["activations"] = int(tokens * shape.depth * (values * d + 2) * a.act_bytes)  # + fp32 rstd of the norms
     terms["activations"] += int(tokens * 3 * d * a.act_bytes)                         # final norm, lm_head input
-    copies = a.logit_copies_train_compiled if a.compiled else a.logit_copies_train_eager
-    terms["logits"] = int(tokens * shape.vocab_size * 4 * copies)
+    per_logit = a.logit_bytes_train_compiled if a.compiled else a.logit_bytes_train_eager
+    if not a.cuda:
+        per_logit = max(per_logit, 4.0)                                               # fp32 logits on a CPU
+    terms["logits"] = int(tokens * shape.vocab_size * per_logit)
     terms["backward_transient"] = int(tokens * a.backward_transient_values * d * a.act_bytes)
+    if grad_accum is None or grad_accum > 1:
+        terms["grads"] = int(grads * (a.grad_sets_accumulating if a.compiled else a.grad_sets_accumulating_eager))
+    else:
+        token_part = terms["activations"] + terms["logits"] + terms["backward_transient"]
+        terms["grads"] = max(0, int(1.5 * grads) - token_part)
     return terms
+
+
+def accumulation(total_batch_size: int, device_bs: int, seq_len: int, world_size: int = 1) -> Optional[int]:
+    """Micro-steps per optimizer step at `device_bs` (pass seq_len=1 when the total counts sequences), None when
+    the batch does not divide the total."""
+    unit = device_bs * seq_len * max(1, world_size)
+    return total_batch_size // unit if unit > 0 and total_batch_size % unit == 0 else None
 
 
 def eval_terms(shape: ModelShape, rows: int, a: Assumptions = Assumptions(), seq_len: Optional[int] = None) -> dict:
@@ -162,14 +190,18 @@ def eval_terms(shape: ModelShape, rows: int, a: Assumptions = Assumptions(), seq
     terms = _state_terms(shape, a)
     del terms["grads"]
     terms["layer_transient"] = int(tokens * 8 * shape.n_embd * a.act_bytes)  # residual, norm, 4·d MLP hidden, ...
-    terms["logits"] = int(tokens * shape.vocab_size * 4 * a.logit_copies_eval)
+    terms["logits"] = int(tokens * shape.vocab_size * a.logit_bytes_eval)
     return terms
+
+
+def allocated_bytes(terms: dict) -> int:
+    """What torch.cuda.max_memory_allocated would read at this peak: the sum of the terms."""
+    return int(sum(terms.values()))
 
 
 def device_bytes(terms: dict, a: Assumptions = Assumptions()) -> int:
     """Device memory a process needs for these terms: allocator slack on top, plus the CUDA context."""
-    allocated = sum(terms.values())
-    return int(allocated * (1 + a.allocator_slack) + a.context_gib * GIB)
+    return int(allocated_bytes(terms) * (1 + a.allocator_slack) + a.context_gib * GIB)
 
 
 def candidates(total_batch_size: int, seq_len: int, world_size: int = 1, limit: Optional[int] = None) -> list:
@@ -194,6 +226,7 @@ class VramRow:
     eval_bytes: int          # val bpb at this batch
     fits: bool               # training fits with the headroom
     eval_fits: bool
+    train_allocated: int = 0  # the training peak as torch.cuda.max_memory_allocated reads it (no slack, no context)
 
     @property
     def train_gib(self) -> float:
@@ -202,6 +235,10 @@ class VramRow:
     @property
     def eval_gib(self) -> float:
         return self.eval_bytes / GIB
+
+    @property
+    def allocated_gib(self) -> float:
+        return self.train_allocated / GIB
 
 
 @dataclass(frozen=True)
@@ -231,6 +268,7 @@ class StageVram:
                 "seq_len": self.shape.seq_len, "gpu": self.gpu.name, "capacity_gib": self.gpu.capacity_gib,
                 "headroom": self.headroom, "chosen": self.chosen, "eval_bs": self.eval_bs,
                 "rows": [{"device_bs": r.device_bs, "train_gib": round(r.train_gib, 2),
+                          "allocated_gib": round(r.allocated_gib, 2),
                           "eval_gib": round(r.eval_gib, 2), "fits": r.fits, "eval_fits": r.eval_fits}
                          for r in self.rows],
                 "core_gib": round(self.core_bytes / GIB, 2), "sample_gib": round(self.sample_bytes / GIB, 2),
@@ -250,9 +288,11 @@ def plan_stage(stage: str, shape: ModelShape, total_batch_size: int, gpu: GpuSpe
     cands = candidates(total_batch_size, 1 if sequences else shape.seq_len, world_size)
     rows = []
     for b in cands:
-        tb = device_bytes(training_terms(shape, b, a), a)
+        terms = training_terms(shape, b, a, accumulation(total_batch_size, b, 1 if sequences else shape.seq_len,
+                                                         world_size))
+        tb = device_bytes(terms, a)
         eb = device_bytes(eval_terms(shape, b, a), a)
-        rows.append(VramRow(b, tb, eb, tb <= limit, eb <= limit))
+        rows.append(VramRow(b, tb, eb, tb <= limit, eb <= limit, allocated_bytes(terms)))
     too_big = [r for r in rows if not r.fits]
     rows = [r for r in rows if r in too_big[-2:] or r.fits or r.device_bs in keep]  # + `keep`: a batch asked for
     chosen = next((r.device_bs for r in rows if r.fits), None)

@@ -21,16 +21,19 @@ def _int_flag(argv, name, default):
     return int(value) if value is not None and value.strip().isdigit() else default
 
 
-def stage_shapes(plan: dict) -> list:
+def stage_shapes(plan: dict, depth: Optional[int] = None, vocab_size: Optional[int] = None) -> list:
     """[(stage dict, ModelShape, total, sequences, compiled)] for the plan's training stages. The model is the one
-    base_train builds (`--depth`, vocab from tok_train's `--vocab_size`); mid/SFT fine-tune that same model."""
+    base_train builds (`--depth`, vocab from tok_train's `--vocab_size`); mid/SFT fine-tune that same model.
+    `depth`/`vocab_size` (nanotui plan --depth/--vocab-size) replace what the plan says."""
     stages = plan.get("stages") or []
+    depth_override, vocab_override = depth, vocab_size
     vocab, depth = DEFAULT_VOCAB, DEFAULT_DEPTH
     for s in stages:
         if s.get("name") == "tok_train":
             vocab = _int_flag(s["argv"], "vocab_size", vocab)
         if s.get("name") == "base_train" or (s.get("trains") and flag_value(list(s["argv"]), "depth")):
             depth = _int_flag(s["argv"], "depth", depth)
+    depth, vocab = depth_override or depth, vocab_override or vocab
     out = []
     for s in stages:
         if not s.get("trains"):
@@ -47,13 +50,14 @@ def stage_shapes(plan: dict) -> list:
     return out
 
 
-def plan_vram(plan: dict, gpu: GpuSpec, headroom: float = DEFAULT_HEADROOM, keep_chosen: bool = False) -> list:
+def plan_vram(plan: dict, gpu: GpuSpec, headroom: float = DEFAULT_HEADROOM, depth: Optional[int] = None,
+              vocab_size: Optional[int] = None, keep_chosen: bool = False) -> list:
     """A StageVram per training stage of `plan` (a Plan.to_dict() / run.json); `keep_chosen`: the table keeps the
     row of each stage's own device batch (an explicit DEVICE_BS), however far from fitting."""
     return [plan_stage(s["name"], shape, total, gpu, world_size=int(s.get("world_size") or 1), headroom=headroom,
                        compiled=compiled, sequences=seqs,
                        keep=(s["device_bs"],) if keep_chosen and s.get("device_bs") else ())
-            for s, shape, total, seqs, compiled in stage_shapes(plan)]
+            for s, shape, total, seqs, compiled in stage_shapes(plan, depth, vocab_size)]
 
 
 def choose_gpu(name: Optional[str], detected: Optional[dict], profile: str) -> GpuSpec:
@@ -133,6 +137,6 @@ def expected_peak(plan: dict, stage: Optional[str], device_bs: Optional[int], gp
             if row is None:  # a batch outside the table (it keeps the two smallest misfits): compute it
                 from .vram import Assumptions, device_bytes, training_terms
                 a = Assumptions(compiled=sv.compiled, world_size=sv.world_size)
-                return device_bytes(training_terms(sv.shape, device_bs, a), a) / 2**30
+                return device_bytes(training_terms(sv.shape, device_bs, a), a) / 2**30   # accumulating: upper
             return row.train_gib
     return None

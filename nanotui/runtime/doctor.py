@@ -1,4 +1,5 @@
-"""`nanotui doctor` for a profile: CUDA via torch, NVML, the plan's disk and ranks (the preflight), logind, W&B."""
+"""`nanotui doctor` for a profile: CUDA via torch, NVML, the plan's disk and ranks (the preflight), logind, W&B, boot
+resume, the HumanEval code sandbox (in a subprocess: its layers, and whether a cgroup or the rlimit fallback bounds it)."""
 from __future__ import annotations
 
 import glob
@@ -120,10 +121,44 @@ def check_wandb() -> tuple[str, str]:
     return "info", "W&B: not logged in (runs use --run=dummy or WANDB_MODE=offline; `wandb login` to log)"
 
 
+_SANDBOX_PROBE = ("import json;from nanochat.execution import sandbox_problem,limits_description;"
+                  "p=sandbox_problem();print(json.dumps({'problem':p,'limits':None if p else limits_description()}))")
+
+
+def check_sandbox(timeout: float = 60.0) -> tuple[str, str]:
+    """The code sandbox chat_eval runs HumanEval in: refused (HumanEval is skipped) or which bound holds it."""
+    import json
+    try:
+        r = subprocess.run([sys.executable, "-c", _SANDBOX_PROBE], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "warn", f"code sandbox probe took over {timeout:.0f}s"
+    if r.returncode != 0:
+        return "warn", f"code sandbox not checked: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    if info["problem"]:
+        return "warn", f"{info['problem']} (chat_eval skips HumanEval)"
+    return "ok", f"code sandbox: bubblewrap + seccomp; limits: {info['limits']}"
+
+
+def check_boot_resume() -> tuple[str, str]:
+    """Is `nanotui service install`'s unit there, and does lingering start it at boot (not at the first login)?"""
+    from nanotui.runtime import service
+    why = service.systemd_absent()
+    if why:
+        return "info", f"runs are not resumed after a reboot here ({why}); see `nanotui resume --all-unfinished`"
+    if not (service.unit_dir() / service.UNIT_NAME).exists():
+        return "info", "runs are not resumed after a reboot; `nanotui service install` does that"
+    linger = service.linger()
+    if linger != "yes":
+        return "warn", (f"{service.UNIT_NAME} is installed but lingering is {linger or 'unknown'}: it runs at your "
+                        f"first login, not at boot; `sudo loginctl enable-linger $USER`")
+    return "ok", f"{service.UNIT_NAME} resumes interrupted runs at boot (lingering on)"
+
+
 def run_checks(base_dir: Path, profile: str = "4090") -> list[tuple[str, str, str]]:
     out = []
     for name, fn in (("plan", lambda: check_plan(base_dir, profile)), ("nvml", check_nvml), ("logind", check_logind),
-                     ("wandb", check_wandb)):
+                     ("wandb", check_wandb), ("boot", check_boot_resume), ("sandbox", check_sandbox)):
         try:
             result = fn()
         except Exception as e:  # a broken check must not hide the others

@@ -50,10 +50,13 @@ def apply_stage_options(plan: dict, stages: Optional[str], sets: Iterable[str]) 
 
 def profile_plan(profile: str, overrides: Mapping, stages: Optional[str] = None, sets: Iterable[str] = (),
                  python: str | None = None) -> dict:
-    """The run.json plan of a profile with overrides (DEVICE_BS=...), `--stages` and `--set` applied."""
+    """The run.json plan of a profile with overrides (DEVICE_BS=...), `--stages` and `--set` applied; the user's
+    config file (runtime/settings.py) fills in what the overrides leave unset (W&B run name, entity, project)."""
+    from nanotui.runtime import settings
     try:
-        plan = build_plan(profile, overrides, python=python or sys.executable).to_dict()
-    except PlanError as e:
+        overrides = settings.plan_overrides(overrides)
+        plan = settings.apply_to_plan(build_plan(profile, overrides, python=python or sys.executable).to_dict())
+    except (PlanError, settings.ConfigError) as e:
         raise StartError(str(e)) from None
     return apply_stage_options(plan, stages, sets)
 

@@ -25,9 +25,11 @@ class Recorder:
     going; when the reserve can be written again the problem is cleared (`disk_ok`)."""
 
     def __init__(self, rd: RunDir, state: RunState, lock: threading.RLock,
-                 broadcast: Optional[Callable[[dict], None]] = None):
+                 broadcast: Optional[Callable[[dict], None]] = None,
+                 on_event: Optional[Callable[[dict], None]] = None):
         self.rd, self.state, self.lock = rd, state, lock
         self.broadcast = broadcast
+        self.on_event = on_event   # e.g. runtime/webhook.RunNotifier: sees every event recorded, must not block
         self.lost_events = 0
         self._last_write = 0.0
         self._trouble: str | None = None   # which file could not be written
@@ -107,4 +109,9 @@ class Recorder:
             self._write_failed("events.jsonl", e)
         if notify and self.broadcast:
             self.broadcast({"notify": notify, "message": message or type, "event": ev})
+        if self.on_event is not None:
+            try:
+                self.on_event(ev if "message" in ev or not message else dict(ev, message=message))
+            except Exception as e:  # a notifier bug must never take the supervisor down
+                print(f"warning: event hook failed: {e}", file=sys.stderr, flush=True)
         return ev

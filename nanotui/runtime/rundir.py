@@ -359,6 +359,8 @@ class RunDir:
             "pending_oom": st.get("pending_oom"), "reason": shown(st.get("reason")),
             "grace": st.get("grace", plan.get("grace")), "updated": st.get("updated"),
             "path": str(self.path), "problem": shown(problem),
+            "wandb_run": st.get("wandb_run"), "wandb_url": shown(st.get("wandb_url")),
+            "wandb_error": shown(st.get("wandb_error")),
         }
 
 

@@ -27,11 +27,12 @@ from pathlib import Path
 
 from nanotui.core import oom as policy
 from nanotui.core.argvflags import flag_value
-from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step
+from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step, WandbInfo
 from nanotui.core.logparse import LogParser
 from nanotui.core.runstate import (EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest, PendingOomRecord,
                                    RestartRequest, RunState, StopRequest)
-from nanotui.runtime import probes, procs
+from nanotui.core.wandbinfo import wandb_update
+from nanotui.runtime import probes, procs, webhook
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
 from nanotui.runtime.recorder import Recorder
@@ -117,7 +118,8 @@ class Supervisor:
         self.server: ControlServer | None = None
         self.gpu = gpu_backend
         self._gpu_stop = threading.Event()
-        self.recorder = Recorder(rd, self.state, self.lock, self._broadcast)
+        self.notifier = webhook.for_run(rd.run_id, self.plan)   # notify_url: POSTs done/crash/fallback/...
+        self.recorder = Recorder(rd, self.state, self.lock, self._broadcast, on_event=self.notifier)
 
     # ---- state and events (through the Recorder: a full disk is reported, never fatal) ----------------
     def _broadcast(self, msg: dict) -> None:
@@ -354,6 +356,8 @@ class Supervisor:
                         self.state.seq_len = ev.value.get("seq_len") or self.state.seq_len
                     elif t is BatchProbe or t is BatchChoice:
                         self._on_probe(idx, recorder.observe(ev), quiet)
+                    elif t is WandbInfo:   # run URL for status/header; a failed W&B start is a notice
+                        self._on_wandb(stage["name"], ev, quiet)
 
         if catch_up:
             while True:
@@ -451,6 +455,14 @@ class Supervisor:
             chosen = record.get("device_bs") or "none fits"
             self.event("device_bs_probe", message=f"{record['stage']}: device_batch_size auto -> {chosen}", **record)
 
+    def _on_wandb(self, stage: str, info, quiet: bool) -> None:
+        found = wandb_update(self.state.extra, info, stage)
+        if found:
+            self.save_state()
+            if not quiet:
+                kind, fields, message = found
+                self.event(kind, notify=kind if kind == "wandb_failed" else None, message=message, **fields)
+
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
         self.state.supervisor_pid = os.getpid()
@@ -467,6 +479,8 @@ class Supervisor:
             if self.server:
                 time.sleep(0.1)  # let the last notifications flush
                 self.server.close()
+            if self.notifier:
+                self.notifier.close()   # bounded: a hanging endpoint delays the exit by its timeout at most
 
     def _first_action(self):
         """Where to begin: adopt a live attempt, account for one that ended unsupervised, resume, or start."""
@@ -594,6 +608,7 @@ class Supervisor:
         self.state.stage_pid, self.state.pending_oom = None, None
         if end is not None and end.exit_code not in (EXIT_STOPPED, 0, None) and self.own_signal is None:
             reason += f" (the stage exited with code {end.exit_code})"
+        self.state.extra["stop_cause"] = "signal" if self.own_signal else "request"  # core/resumable.py
         self.set_phase("stopped", reason)
         ck = self.state.last_checkpoint
         self.event("stopped", notify="stopped", message=f"{self.stages[idx]['name']}: {reason}",
@@ -694,6 +709,7 @@ class Supervisor:
             rec = self.stage_rec(idx)
             rec.state, rec.reason = "stopped", req.reason
             self.state.stage_pid = None
+            self.state.extra["stop_cause"] = "oom"
             self.set_phase("stopped", req.reason)
             self.event("stopped", notify="stopped", message=req.reason, stage=name, reason=req.reason)
             return 0

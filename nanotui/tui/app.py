@@ -52,6 +52,14 @@ class RunActions:
         verdict = "refused" if any(f.level == "error" for f in findings) else "would start"
         return format_findings(findings) + [f"preflight: {verdict} ({seconds:.1f} s; nothing started)"]
 
+    def default_profile(self) -> str | None:
+        """The profile the new-run dialog preselects: NANOTUI_PROFILE or `profile` in the user's config file."""
+        from nanotui.runtime import settings
+        try:
+            return settings.effective()["profile"].value
+        except settings.ConfigError:
+            return None   # starting will say what is wrong with the file
+
     def resume(self, run_dir: Path, step: int | None = None, device_bs: int | None = None) -> None:
         from nanotui.runtime.launch import resume_run
         from nanotui.runtime.rundir import RunDir

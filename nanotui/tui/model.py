@@ -163,6 +163,8 @@ class RunSnapshot:
     device_bs: int | None = None
     seq_len: int | None = None
     wandb_run: str | None = None
+    wandb_url: str | None = None    # the W&B run page (state.json `wandb_url`, from the stage's log)
+    wandb_error: str | None = None  # why W&B logging is off (state.json `wandb_error`)
     reason: str | None = None
     supervisor_alive: bool = False
     stages: tuple[StageRow, ...] = ()
@@ -517,7 +519,8 @@ class RunView:
             run_id=self.rd.run_id, path=self.rd.path, profile=self.plan.get("profile") or "?",
             phase=st.get("phase") or "starting", stage=stage, stage_index=st.get("stage_index"),
             attempt=st.get("attempt"), device_bs=st.get("device_bs"), seq_len=st.get("seq_len"),
-            wandb_run=st.get("wandb_run"), reason=st.get("reason"), supervisor_alive=self._alive,
+            wandb_run=st.get("wandb_run"), wandb_url=shown(st.get("wandb_url")),
+            wandb_error=shown(st.get("wandb_error")), reason=st.get("reason"), supervisor_alive=self._alive,
             stages=tuple(rows), stage_eta_s=stage_eta, metrics_stage=metrics_stage or None, pipeline_eta_s=pipeline_eta,
             pipeline_eta_complete=pipeline_eta_complete, metrics=metrics,
             chart=chart, chart_stage=chart_stage, training_stages=tuple(tstages), gpu=self._gpu_view(now),

@@ -9,7 +9,7 @@ import torch
 
 from nanochat.gpt import GPT, config_for_depth
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300, func_only=True)]
 CAP_GIB = 24
 STEPS = 10
 

@@ -4,52 +4,20 @@ DEVICE_BS=16 (exit 3, emergency checkpoint) and a resume at DEVICE_BS=4 that con
 Run on the device machine: `python -m pytest -q -s -m gpu tests/gpu/test_gpu_train.py`. Numbers are printed and,
 when NANOCHAT_GPU_REPORT is set, written there as JSON.
 """
-import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
+from gpu_helpers import report as _report
+from gpu_helpers import train as _train
+
+# each test's own limit excludes the session fixture (corpus and tokenizer: built once, see conftest.py)
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(420, func_only=True),
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-CAP_GIB = 24
-PROFILE_4090 = ["--depth=20", "--max_seq_len=1024", "--eval_every=-1", "--core_metric_every=-1",
-                "--sample_every=-1", "--run=dummy"]
 STEP = re.compile(r"^step (\d{5})/\d{5} .*\| tok/sec: ([\d,]+) \| mfu: (n/a|[\d.]+) \|", re.M)
-
-
-@pytest.fixture(scope="module")
-def gpu_base(tmp_path_factory):
-    """Demo corpus + a 65,536-token tokenizer (the d20 vocabulary), built on the device machine."""
-    base = tmp_path_factory.mktemp("gpu_base")
-    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base))
-    for cmd in (["-m", "nanochat.dataset", "--demo", "--max_mb=24"],
-                ["-m", "nanochat.scripts.tok_train", "--vocab_size=65536", "--max_chars=24000000"]):
-        proc = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return base
-
-
-def _train(base, *flags, compile_model=True, timeout=900):
-    env = dict(os.environ, NANOCHAT_BASE_DIR=str(base), NANOCHAT_CUDA_MEMORY_CAP_GIB=str(CAP_GIB),
-               NANOCHAT_COMPILE="1" if compile_model else "0")
-    return subprocess.run([sys.executable, "-m", "nanochat.scripts.base_train", *PROFILE_4090, *flags], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _report(key, value):
-    print(f"GPU CHECK {key}: {value}")
-    path = os.environ.get("NANOCHAT_GPU_REPORT")
-    if path:
-        data = json.load(open(path)) if os.path.exists(path) else {}
-        data[key] = value
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1)
 
 
 def test_d20_4090_profile_memory_speed_then_real_oom_and_resume(gpu_base):

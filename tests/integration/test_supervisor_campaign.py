@@ -55,11 +55,16 @@ def test_random_sigkills_of_supervisor_and_stage_then_resume(base_dir):
     stage = fake_stage(num_iterations=n, save_every=3, step_time=0.02, save_time=0.05)
     rd = RunDir.create(base_dir, fake_plan(base_dir, [stage], stop_timeout=5))
     ckpt_dir = base_dir / "base_checkpoints" / "fake"
-    # a foreign run's checkpoint far ahead in the same directory must never be resumed from
+    # A foreign run's checkpoint far ahead in the same directory must never be resumed from. Its step is one this
+    # run never saves itself (save_every=3), so the foreign files stay foreign to the end and are the only way a
+    # resume can land on that step: a step the run committed itself is a legitimate resume point, however late.
+    foreign = 100
+    assert foreign % 3 and foreign < n
     ckpt_dir.mkdir(parents=True)
-    (ckpt_dir / "model_000057.pt").write_bytes(b"M" * 4096)
-    (ckpt_dir / "meta_000057.json").write_text(json.dumps(
-        {"step": 57, "run_id": "19990101-000000-other", "files": {"model_000057.pt": 4096}, "loop_state": {}}))
+    (ckpt_dir / f"model_{foreign:06d}.pt").write_bytes(b"M" * 4096)
+    (ckpt_dir / f"meta_{foreign:06d}.json").write_text(json.dumps(
+        {"step": foreign, "run_id": "19990101-000000-other", "files": {f"model_{foreign:06d}.pt": 4096},
+         "loop_state": {}}))
     pid = launch(rd)
     kills = 0
     for _ in range(8):
@@ -80,7 +85,9 @@ def test_random_sigkills_of_supervisor_and_stage_then_resume(base_dir):
     mine = {c.step for c in ckpts.scan_dir(str(ckpt_dir)) if c.status == "valid" and c.run_id == rd.run_id}
     resumed = [int(m) for log in rd.list_logs() for m in re.findall(r"Resuming optimization from step (\d+)",
                                                                       log.read_text())]
-    assert resumed and set(resumed) <= mine and 57 not in resumed
+    assert resumed and foreign not in resumed, f"resumed from the foreign run's step {foreign}: {resumed}"
+    assert set(resumed) <= mine, (resumed, sorted(mine))
+    assert foreign not in mine  # the foreign files are still there and still foreign
     # the last attempt trained to the end and no step was skipped after its resume point
     last = rd.list_logs()[-1].read_text()
     steps = [int(s) for s in re.findall(r"^step (\d+)/", last, re.M)]

@@ -112,7 +112,11 @@ def test_sigkilled_supervisor_readopts_and_stops_the_whole_tree(base_dir):
 
 
 def test_torchrun_shutdown_timeout_follows_stop_timeout(base_dir):
-    from nanotui.runtime.supervisor import Supervisor
-    rd = RunDir.create(base_dir, fake_plan(base_dir, [torchrun_stage()], stop_timeout=7.5))
-    env = Supervisor(rd)._stage_env(rd.read_plan()["stages"][0])
-    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "8" and env["NANOCHAT_RUN_ID"] == rd.run_id
+    """Read off the live torchrun agent the supervisor started, not off a private helper's return value."""
+    rd, sup, pids = start(base_dir, stop_timeout=7.5)
+    agent_env = psutil.Process(rd.read_state()["stage_pid"]).environ()
+    assert agent_env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") == "8"
+    assert agent_env.get("NANOCHAT_RUN_ID") == rd.run_id
+    assert psutil.Process(pids[1]).environ().get("NANOCHAT_RUN_ID") == rd.run_id  # and it reaches the ranks
+    assert ControlClient(rd).request("stop")["ok"]
+    assert sup.wait(120) == 0

@@ -82,3 +82,35 @@ def run_in_fresh_parent(code: str, tmp_path: Path, timeout: float = 5.0, env_ext
                           capture_output=True, text=True, env=env, timeout=120)
     report = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
     return report, proc.returncode, proc.stderr
+
+
+def meminfo_kib(*fields: str) -> int:
+    """Host memory from /proc/meminfo (sum of the named fields, KiB): what a sandbox's unowned pages show up in."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in fields:
+                total += int(rest.split()[0])
+    return total
+
+
+def pid_namespace_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def processes_in_pid_namespace(ns: str) -> list[int]:
+    """Host pids of every process in the PID namespace `ns` (a readlink of /proc/PID/ns/pid)."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and pid_namespace_of(int(p)) == ns]
+
+
+def kill_pids(pids) -> None:
+    import signal
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

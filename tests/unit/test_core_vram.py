@@ -1,8 +1,8 @@
 """The VRAM predictor (nanotui/core/vram.py): each term's arithmetic, the choice rule, published calibration facts."""
 import pytest
 
-from nanotui.core.vram import (GIB, Assumptions, ModelShape, candidates, device_bytes, eval_terms, format_stage,
-                               gpu_spec, param_counts, plan_stage, training_terms)
+from nanotui.core.vram import (GIB, Assumptions, ModelShape, accumulation, allocated_bytes, candidates, device_bytes,
+                               eval_terms, format_stage, gpu_spec, param_counts, plan_stage, training_terms)
 
 D20_1024 = ModelShape(20, 65536, 1024)
 D20_2048 = ModelShape(20, 65536, 2048)
@@ -27,11 +27,14 @@ def test_state_terms_dtypes():
     t = training_terms(D20_1024, 1)
     # bf16 embedding, fp32 lm_head and matrices (+ rotary tables: 2 x 10T x 64 bf16)
     assert t["weights"] == 2 * p["wte"] + 4 * p["lm_head"] + 4 * p["matrices"] + 2 * 10 * 1024 * 64 * 2
-    assert t["grads"] == 2 * p["wte"] + 4 * p["lm_head"] + 4 * p["matrices"]
+    grads = 2 * p["wte"] + 4 * p["lm_head"] + 4 * p["matrices"]
+    # accumulating (the default): the .grad, the compiled backward's fresh fp32 gradients and their bf16 halves
+    assert t["grads"] == int(2.5 * grads)
     assert t["adamw"] == 2 * (2 * p["wte"] + 4 * p["lm_head"])       # exp_avg + exp_avg_sq in the param dtype
     assert t["muon"] == 4 * p["matrices"]                              # one fp32 momentum buffer
     cpu = training_terms(D20_1024, 1, Assumptions(cuda=False))
-    assert cpu["grads"] == 4 * p["total"]
+    assert cpu["grads"] == int(2.5 * 4 * p["total"])
+    assert training_terms(D20_1024, 1, Assumptions(compiled=False))["grads"] == grads   # eager: one set
     sharded = training_terms(D20_1024, 1, Assumptions(world_size=8))
     assert sharded["muon"] == t["muon"] // 8 and sharded["adamw"] == t["adamw"] // 8
     assert sharded["grads"] == t["grads"]                              # every rank holds full gradients
@@ -43,13 +46,27 @@ def test_activation_and_logit_terms_scale_with_tokens():
         assert b[k] == 2 * a[k]
     for k in ("weights", "grads", "adamw", "muon"):
         assert b[k] == a[k]
-    # compiled training keeps one fp32-sized [B, T, V] copy of the logits
-    assert a["logits"] == 4 * 1024 * 65536 * 4
+    # compiled training holds the logits as one bf16 [B, T, V] buffer (its gradient reuses it)
+    assert a["logits"] == 4 * 1024 * 65536 * 2
     eager = training_terms(D20_1024, 4, Assumptions(compiled=False))
-    assert eager["logits"] == 4 * a["logits"]
-    assert eager["activations"] > a["activations"]
+    assert eager["logits"] == 8 * a["logits"]                          # four fp32 copies
+    assert eager["activations"] == a["activations"]                    # compile keeps as much (fitted, 1.0)
     tokens = 4 * 1024
     assert eager["activations"] == tokens * 20 * (19 * 1280 + 2) * 2 + tokens * 3 * 1280 * 2
+
+
+def test_first_micro_step_has_no_gradients_at_its_peak():
+    """One micro-step per optimizer step: zero_grad left .grad None, so the start-of-backward peak has none; a
+    tiny batch peaks at the end of the backward instead (fresh gradients and their bf16 halves)."""
+    assert accumulation(524288, 32, 2048, 8) == 1 and accumulation(524288, 8, 2048) == 32
+    assert accumulation(524288, 3, 2048) is None
+    big = training_terms(D20_2048, 32, Assumptions(world_size=8), grad_accum=1)
+    assert big["grads"] == 0
+    grads = training_terms(D20_2048, 32)["grads"] / 2.5
+    tiny = training_terms(ModelShape(20, 65536, 16), 1, grad_accum=1)
+    token_part = tiny["activations"] + tiny["logits"] + tiny["backward_transient"]
+    assert tiny["grads"] + token_part == pytest.approx(1.5 * grads, abs=2)
+    assert allocated_bytes(big) == sum(big.values())
 
 
 def test_eval_terms_have_no_grads_and_three_logit_copies():
@@ -89,7 +106,8 @@ def test_d20_rows_for_the_4090():
     """The rows the README quotes: T=1024 -> 8 chosen (16 does not fit), T=2048 -> 4."""
     sv = plan_stage("base_train", D20_1024, 524288, gpu_spec("4090"))
     assert sv.chosen == 8 and sv.eval_bs == 8
-    assert 10.5 < sv.row(4).train_gib < 12.5 and 14.5 < sv.row(8).train_gib < 16.5
+    assert 14.0 < sv.row(4).train_gib < 15.5 and 18.5 < sv.row(8).train_gib < 20.0
+    assert 17.0 < sv.row(8).allocated_gib < sv.row(8).train_gib      # allocated: no slack, no CUDA context
     assert not sv.row(16).fits and sv.row(16).train_gib > 21.6
     sv2 = plan_stage("base_train", D20_2048, 524288, gpu_spec("4090"))
     assert sv2.chosen == 4 and not sv2.row(8).fits
@@ -109,7 +127,7 @@ def test_published_upstream_facts():
 def test_eval_batch_smaller_when_logits_dominate():
     """A small model with a big vocab: evaluation (three fp32 logit copies, eager) needs more than training."""
     sv = plan_stage("base_train", ModelShape(8, 65536, 2048), 524288, gpu_spec("24"))
-    assert sv.chosen == 16 and sv.eval_bs == 8
+    assert sv.chosen == 32 and sv.eval_bs == 8
     assert any("evaluation needs a smaller batch" in n for n in sv.notes)
 
 
@@ -124,7 +142,7 @@ def test_nothing_fits_and_headroom_validation():
 def test_headroom_changes_the_choice():
     loose = plan_stage("base_train", D20_1024, 524288, gpu_spec("4090"), headroom=0.0)
     tight = plan_stage("base_train", D20_1024, 524288, gpu_spec("4090"), headroom=0.5)
-    assert loose.chosen == 16 and tight.chosen == 4
+    assert loose.chosen == 8 and tight.chosen == 1
 
 
 def test_format_marks_the_chosen_row_and_measured_values():

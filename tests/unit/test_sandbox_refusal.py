@@ -29,9 +29,9 @@ def fake_bwrap():
     d = Path(tempfile.mkdtemp(prefix="nanochat-fake-bwrap-"))
     os.chmod(d, 0o755)
 
-    def make(body: str) -> str:
+    def make(body: str, version: str = "0.8.0") -> str:
         path = d / f"bwrap-{len(list(d.iterdir()))}"
-        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] && echo "bubblewrap {version}" && exit 0\n{body}\n')
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IROTH)
         return str(path)
     yield make
@@ -69,6 +69,9 @@ def test_too_old_bwrap_says_upgrade(fake_bwrap, monkeypatch):
     monkeypatch.setenv("NANOCHAT_BWRAP", fake_bwrap("echo 'bwrap: Unknown option --clearenv' >&2; exit 1"))
     problem = sandbox_problem()
     assert "Unknown option --clearenv" in problem and "upgrade bubblewrap" in problem
+    monkeypatch.setenv("NANOCHAT_BWRAP", fake_bwrap("exit 1", version="0.6.2"))
+    problem = sandbox_problem()
+    assert "bubblewrap 0.6.2" in problem and "upgrade bubblewrap" in problem and "\n" not in problem
 
 
 @needs_sandbox

@@ -57,7 +57,8 @@ class NewRunScreen(ModalScreen[tuple[str, dict] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="new-run"):
             yield Static("[b]Start a new run[/]", classes="dialog-text")
-            yield Select([(p, p) for p in PROFILES], value=PROFILES[0], allow_blank=False, id="profile")
+            yield Select([(p, p) for p in PROFILES], value=self.profile if self.profile in PROFILES else PROFILES[0],
+                         allow_blank=False, id="profile")
             yield Input(placeholder="overrides, e.g. DEVICE_BS=4 SEQ_LEN=1024 WANDB_RUN=d20", id="overrides")
             yield Checkbox("DEVICE_BS auto: probe the GPU before training (keeps the total batch)", id="auto-bs")
             yield Static("", id="vram-plan")
@@ -68,9 +69,10 @@ class NewRunScreen(ModalScreen[tuple[str, dict] | None]):
                 yield Button("Check (dry run)", id="check")
                 yield Button("Cancel", id="cancel")
 
-    def __init__(self, gpu: dict | None = None):
+    def __init__(self, gpu: dict | None = None, profile: str | None = None):
         super().__init__()
         self.gpu = gpu   # the detected card ({name, mem_total}) for the VRAM plan; None = the profile's card
+        self.profile = profile   # preselected (the user's configured profile), else the first
 
     def on_mount(self) -> None:
         self._refresh_plan()
@@ -193,4 +195,5 @@ class StartScreen(Screen):
         def done(result) -> None:
             if result:
                 self.app.start_run(*result)
-        self.app.push_screen(NewRunScreen(), done)
+        default = getattr(self.app.actions, "default_profile", None)
+        self.app.push_screen(NewRunScreen(profile=default() if default else None), done)

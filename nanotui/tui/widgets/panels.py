@@ -154,10 +154,15 @@ class HeaderBar(Static):
             if snap.stage_index is not None and n:
                 t.append(f" ({snap.stage_index + 1}/{n})" if not compact else f" {snap.stage_index + 1}/{n}", "dim")
         labels = (" a", " BS ", " SEQ ", " W&B ") if compact else ("  attempt ", "  DEVICE_BS ", "  SEQ_LEN ", "  W&B ")
-        values = (snap.attempt, snap.device_bs, snap.seq_len, snap.wandb_run)
+        wandb = snap.wandb_run
+        if snap.wandb_url and not compact:
+            wandb = snap.wandb_url           # the run page, clickable in most terminals
+        values = (snap.attempt, snap.device_bs, snap.seq_len, wandb)
         for label, value in zip(labels, values):
             t.append(label, "dim")
             t.append(str(value) if value not in (None, "") else "–")
+        if snap.wandb_error and not snap.wandb_url and snap.wandb_run not in (None, "", "dummy"):
+            t.append("  W&B off" if not compact else " W&B off", "bold yellow")
         if compact:
             t.append(f" {snap.profile}", "dim")
         if not snap.supervisor_alive and snap.phase in LIVE_PHASES:
