@@ -5,7 +5,8 @@
 
 The JSON form checks many stages in one process (torch is imported once) and prints one JSON object: `torch`
 (version or null), `torch_error`, `cuda` (torch sees CUDA), `devices` (CUDA device count; counting creates no
-context), `cuda_version`, `device_name` (of device 0), `allocator_configured` (the stages set the allocator variable this torch reads),
+context), `cuda_version`, `device_name` (of device 0), `allocator_configured` (the stages set the allocator variable this torch reads), `allocator` ({name, value}
+they will set here),
 `wandb` (installed), `results` [{name, ok, error}]. A script takes part through `check_args(argv, world_size)` (training
 stages: flags + batch arithmetic), else `build_parser()`, else `parse_args(argv)`.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 
 from nanochat.common import UsageError
@@ -56,6 +58,10 @@ def check_many(stages: list) -> dict:
         out["device_name"] = torch.cuda.get_device_name(0) if out["devices"] else None
         import nanochat.common as common   # stages that set the allocator name this torch reads themselves
         out["allocator_configured"] = hasattr(common, "configure_allocator")
+        if out["allocator_configured"]:   # what they will set, from this environment (a copy: nothing changes)
+            env = dict(os.environ)
+            name = common.configure_allocator(env, torch.__version__)
+            out["allocator"] = {"name": name, "value": env.get(name)}
     except Exception as e:  # a broken install: every stage would fail the same way
         out["torch_error"] = _one_line(e)
     for st in stages:

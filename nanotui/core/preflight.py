@@ -176,6 +176,12 @@ def evaluate(plan: Mapping, facts: Mapping) -> list:
                                f"{'.'.join(map(str, ALLOC_ENV_SINCE))} on), so the stages train without expandable "
                                f"segments (more fragmentation, earlier OOM); upgrade torch or export "
                                f"{LEGACY_ALLOC_ENV}=expandable_segments:True"))
+        alloc = sc.get("allocator") or {}
+        if (cuda or needs_gpu) and alloc.get("value") and "expandable_segments:true" not in alloc["value"].lower():
+            out.append(Finding("warn", "allocator",
+                               f"the stages will run with {alloc.get('name')}={alloc['value']} (from your "
+                               f"environment): no expandable segments, which the VRAM plan assumes (more "
+                               f"fragmentation, earlier OOM); unset it or add expandable_segments:True"))
     disk = facts.get("disk")
     if disk:
         need = disk_need(plan, disk, cuda or needs_gpu)

@@ -37,9 +37,13 @@ def test_gpu_profile_without_cuda_and_old_torch_allocator():
     fixed = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert not [x for x in evaluate(plan(), {"stage_check": old, "disk": BIG_DISK, "env": fixed})
                 if x.check == "allocator"]
-    configured = dict(old, allocator_configured=True)   # stages that set the name this torch reads themselves
+    configured = dict(old, allocator_configured=True, allocator={"name": "PYTORCH_CUDA_ALLOC_CONF",
+                                                                  "value": "expandable_segments:True"})
     assert not [x for x in evaluate(plan(), {"stage_check": configured, "disk": BIG_DISK, "env": {}})
-                if x.check == "allocator"]
+                if x.check == "allocator"]   # the stages set the name this torch reads themselves
+    off = dict(configured, allocator={"name": "PYTORCH_ALLOC_CONF", "value": "expandable_segments:False"})
+    (line,) = [x.line for x in evaluate(plan(), {"stage_check": off, "disk": BIG_DISK}) if x.check == "allocator"]
+    assert "PYTORCH_ALLOC_CONF=expandable_segments:False" in line and "expandable_segments:True" in line
 
 
 def test_wandb_needs_a_login_unless_offline():
