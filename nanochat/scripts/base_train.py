@@ -5,6 +5,7 @@
 """
 import json
 import math
+import os
 from dataclasses import asdict
 
 import torch

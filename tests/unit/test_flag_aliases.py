@@ -71,3 +71,16 @@ def test_shard_size_constant_is_the_datasets():
     from nanochat.dataset import SHARD_DISK_BYTES
     from nanotui.core import preflight
     assert preflight.SHARD_DISK_BYTES == SHARD_DISK_BYTES
+
+
+@pytest.mark.parametrize("module", ["nanochat.scripts.base_train", "nanochat.scripts.mid_train",
+                                    "nanochat.scripts.chat_sft"])
+def test_check_args_reads_the_world_size_of_torchrun(module, monkeypatch):
+    """What main() calls: without an explicit world size, torchrun's WORLD_SIZE decides the batch arithmetic."""
+    import importlib
+    mod = importlib.import_module(module)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    mod.check_args(["--device_batch_size=2"])
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(UsageError):
+        mod.check_args(["--device_batch_size=2"])
