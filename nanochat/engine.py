@@ -127,6 +127,12 @@ def sample_next_token(logits: torch.Tensor, rng: torch.Generator, temperature: f
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=rng)
 
 
+def context_limit(model) -> int:
+    """Positions the model can attend over (its rotary table): a prompt plus its reply must fit in it."""
+    cos = getattr(model, "cos", None)
+    return int(cos.size(1)) if cos is not None else int(model.config.sequence_len)
+
+
 class _Row:
     def __init__(self, tokens):
         self.tokens = list(tokens)

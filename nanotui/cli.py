@@ -153,12 +153,13 @@ def cmd_plan(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from nanotui.core.plan import PlanError, plan_for_command
+    from nanotui.core.plan import PlanError
+    from nanotui.runtime.scripts import run_plan
     cmd = list(a.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     try:
-        plan = plan_for_command(cmd, str(_base_dir())).to_dict()
+        plan, notes = run_plan(cmd, str(_base_dir()), os.getcwd())  # the script's dialect; shell scripts: stages
     except PlanError as e:
         raise UsageError(str(e)) from None
     if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
@@ -168,6 +169,8 @@ def cmd_run(a) -> int:
         settings.apply_to_plan(plan, command=True)
     except settings.ConfigError as e:
         raise UsageError(str(e)) from None
+    for note in notes:
+        print(note)
     return _start_plan(plan, a)
 
 
@@ -283,10 +286,13 @@ def cmd_status(a) -> int:
     rd = _resolve(a.run)
     s = rd.status_summary()
     probes = rd.read_state().get("probes") or []   # --device_batch_size=auto tables (nanotui/runtime/probes.py)
+    from nanotui.runtime.scripts import substage_lines, substages  # a whole script's training stages
     if a.json:
-        print(json.dumps(dict(s, probes=probes), indent=1))
+        print(json.dumps(dict(s, probes=probes, substages=substages(rd)), indent=1))
     else:
         print(_status_line(s))
+        for line in substage_lines(rd):
+            print(line)
         from nanotui.core.vramplan import format_probes
         for line in format_probes(probes):
             print(line)

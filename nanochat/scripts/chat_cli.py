@@ -3,7 +3,7 @@
 
 from nanochat.checkpoint import check_run_id, load_model, run_id_from
 from nanochat.common import ArgumentParser, UsageError, compute_init, eval_autocast, run_main
-from nanochat.engine import Engine
+from nanochat.engine import Engine, context_limit
 from nanochat.trainer import nonnegative_float, nonnegative_int, positive_int
 
 
@@ -20,12 +20,6 @@ def build_parser():
     p.add_argument("--max_tokens", type=positive_int, default=256)
     p.add_argument("--device_type", default="")
     return p
-
-
-def context_limit(model) -> int:
-    """Positions the model can attend over (its rotary table); a conversation must fit in it."""
-    cos = getattr(model, "cos", None)
-    return int(cos.size(1)) if cos is not None else int(model.config.sequence_len)
 
 
 def reply(engine, tokenizer, conversation_ids, args, max_tokens=None) -> list:

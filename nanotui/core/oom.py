@@ -65,6 +65,8 @@ class OomDetected:
     total_batch_size: Optional[int] = None
     seq_len: int = 1
     world_size: int = 1
+    can_resume: bool = True           # False: the script cannot resume (upstream 2025-11): a restart loses progress
+    note: str = ""                    # the plain words for that loss (core.dialect.scratch_note)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class Wait:
 @dataclass(frozen=True)
 class Restart:
     device_bs: int
-    from_step: Union[int, str] = "latest"
+    from_step: Union[int, str, None] = "latest"   # None: from step 0 (the script cannot resume)
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,14 @@ class PendingOom:
     ladder: tuple
     detected_at: float
     deadline: Optional[float]
+    scratch: bool = False             # the restart begins at step 0 (the script cannot resume)
+    note: str = ""
 
 
 @dataclass(frozen=True)
 class OomState:
     grace: Grace = DEFAULT_GRACE_S
+    scratch_consent: bool = False     # the user agreed up front (--grace at start, set_grace) to restarts from 0
     phase: str = "idle"               # "idle" | "waiting" | "restarting" | "stopped"
     pending: Optional[PendingOom] = None
     history: tuple = field(default_factory=tuple)   # ((stage, step, device_bs), ...) of OOMs seen
@@ -158,10 +163,11 @@ def _from_what(ckpt_step: Optional[int]) -> str:
 
 def _restart(state: OomState, device_bs: int, why: str) -> tuple:
     p = state.pending
-    msg = (f"{p.stage}: restarting at device_batch_size={device_bs} (was {p.device_bs}) "
-           f"from {_from_what(p.ckpt_step)}; {why}")
+    start = f"step 0 ({p.note})" if p.scratch else _from_what(p.ckpt_step)
+    msg = f"{p.stage}: restarting at device_batch_size={device_bs} (was {p.device_bs}) from {start}; {why}"
     return (replace(state, phase="restarting"),
-            [Restart(device_bs, "latest"), Notify("fallback" if device_bs != p.device_bs else "retry", msg)])
+            [Restart(device_bs, None if p.scratch else "latest"),
+             Notify("fallback" if device_bs != p.device_bs else "retry", msg)])
 
 
 def decide(state: OomState, event) -> tuple:
@@ -184,11 +190,18 @@ def decide(state: OomState, event) -> tuple:
                           f"of two divides the total batch {event.total_batch_size}")
             return (replace(state, phase="stopped", pending=None, history=history),
                     [Stop(reason), Notify("stopped", reason)])
-        pending = PendingOom(event.stage, event.step, event.device_bs, event.ckpt_step, ladder,
-                             event.now, _deadline(state.grace, event.now))
+        scratch = not event.can_resume
+        ask = scratch and not state.scratch_consent   # never restart from 0 unasked
+        pending = PendingOom(event.stage, event.step, event.device_bs, None if scratch else event.ckpt_step, ladder,
+                             event.now, None if ask else _deadline(state.grace, event.now), scratch, event.note)
         state = replace(state, phase="waiting", pending=pending, history=history)
         oom_msg = (f"{where}: CUDA out of memory at device_batch_size={event.device_bs}; "
                    f"fallback ladder {list(ladder)}")
+        if ask:
+            return state, [Notify("oom", f"{oom_msg}; {event.note}: choose a batch size to restart from step 0, "
+                                         f"or stop (waiting for you)"), Wait(None)]
+        if scratch:
+            oom_msg += f"; {event.note}"
         if state.grace == "off":
             return state, [Notify("oom", oom_msg + "; waiting for a command (grace off)"), Wait(None)]
         if float(state.grace) <= 0:
@@ -199,7 +212,7 @@ def decide(state: OomState, event) -> tuple:
 
     if isinstance(event, SetGrace):
         grace = parse_grace(event.grace)
-        state = replace(state, grace=grace)
+        state = replace(state, grace=grace, scratch_consent=True)
         if state.phase != "waiting":
             return state, []
         p = state.pending

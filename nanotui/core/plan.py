@@ -387,12 +387,41 @@ def _largest_model_tag(base_dir: Optional[str], subdir: str) -> Optional[str]:
     return max(tags, key=lambda t: os.path.getmtime(os.path.join(root, t)), default=None)
 
 
-def plan_for_command(argv: Sequence[str], base_dir: Optional[str] = None) -> Plan:
+def _dialect_stage(stage: Stage, argv: list, script: str, dialect, base_dir: Optional[str]) -> Stage:
+    """The command stage with totals, defaults and sources as an upstream script of `dialect` computes them:
+    total batch None when the script derives it (2026 `--total-batch-size=-1`, SFT inheriting from its base
+    checkpoint), device batch / seq len / depth from the script's own defaults, and SFT's source family (2026:
+    base_checkpoints, no mid stage; 2025-11: `--source`, default mid)."""
+    from .dialect import device_bs as dialect_bs, total_batch
+    d = dialect
+    seq = flag_value(argv, "max_seq_len")
+    seq = int(seq) if seq and seq.isdigit() else d.defaults.get("max_seq_len")
+    tag = flag_value(argv, "model_tag") or None
+    depth = flag_value(argv, "depth") or d.defaults.get("depth")
+    if script == "chat_sft":
+        source = flag_value(argv, "source") or d.defaults.get("source") or "base"
+        src_sub = f"{source}_checkpoints" if source in ("base", "mid") else "base_checkpoints"
+        tag = tag or _largest_model_tag(base_dir, src_sub)
+    elif tag is None and str(depth or "").isdigit():
+        tag = f"d{depth}"
+    elif tag is None and script == "mid_train":
+        tag = _largest_model_tag(base_dir, "base_checkpoints")
+    subdir = _TRAIN_SUBDIR[script]
+    return Stage(name=stage.name, argv=stage.argv, trains=True,
+                 ckpt_subdir=f"{subdir}_checkpoints/{tag}" if tag else None,
+                 total_batch_size=total_batch(argv, d), device_bs=dialect_bs(argv, d),
+                 seq_len=seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None,
+                 world_size=stage.world_size, num_iterations=stage.num_iterations, model_tag=tag,
+                 log_kind=_LOG_KIND[script])
+
+
+def plan_for_command(argv: Sequence[str], base_dir: Optional[str] = None, dialect=None) -> Plan:
     """A one-stage plan ("command") for `nanotui run -- CMD`. A nanochat base_train/mid_train/chat_sft
     invocation (python -m or torchrun, ours or upstream's `scripts.*`) is marked trains=True with its device
     batch, sequence length and checkpoint dir so OOM fallback and resume work (without --model_tag/--depth the
     tag is upstream's default: d20 for base, the largest source model under base_dir for mid/SFT); anything
-    else (speedrun.sh included) is supervised and parsed but not restarted at another batch size."""
+    else (speedrun.sh included) is supervised and parsed but not restarted at another batch size.
+    `dialect` (core.dialect.Dialect of an upstream script): totals, defaults and SFT's source follow it."""
     argv = [str(a) for a in argv]
     if not argv:
         raise PlanError("nothing to run: give a command after `--`, e.g. nanotui run -- bash speedrun.sh")
@@ -432,6 +461,8 @@ def plan_for_command(argv: Sequence[str], base_dir: Optional[str] = None) -> Pla
         seq_len=int(seq) if seq and seq.isdigit() else (2048 if script != "chat_sft" else None),
         world_size=world, num_iterations=int(iters) if iters and iters.lstrip("-").isdigit() and int(iters) > 0 else None,
         model_tag=tag, log_kind=_LOG_KIND[script])
+    if dialect is not None and dialect.version != "ours":
+        stage = _dialect_stage(stage, argv, script, dialect, base_dir)
     return Plan(profile="command", stages=(stage,))
 
 

@@ -123,10 +123,14 @@ class PendingOomRecord:
     device_bs: Optional[int]
     ladder: list
     deadline: Optional[float]          # None: wait for a command (grace off)
+    note: Optional[str] = None         # e.g. "cannot resume: a restart begins again at step 0" (upstream 2025-11)
 
     def to_json(self) -> dict:
-        return {"stage": self.stage, "step": self.step, "device_bs": self.device_bs, "ladder": list(self.ladder),
-                "deadline": self.deadline}
+        out = {"stage": self.stage, "step": self.step, "device_bs": self.device_bs, "ladder": list(self.ladder),
+               "deadline": self.deadline}
+        if self.note:
+            out["note"] = self.note
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> "PendingOomRecord":
@@ -136,7 +140,8 @@ class PendingOomRecord:
             raise StateError(f"pending_oom.ladder is {ladder!r}, expected a list of batch sizes")
         return cls(stage=str(o.get("stage") or ""), step=_opt_int(o, "step", "pending_oom."),
                    device_bs=_opt_int(o, "device_bs", "pending_oom."), ladder=list(ladder),
-                   deadline=_opt_num(o, "deadline", "pending_oom."))
+                   deadline=_opt_num(o, "deadline", "pending_oom."),
+                   note=str(o["note"]) if o.get("note") else None)
 
 
 @dataclass
@@ -337,6 +342,9 @@ EVENT_FIELDS: dict = {
     # W&B (core/wandbinfo.py): the run's URL once known; a stage whose W&B start failed (it trains on without)
     "wandb": ("stage", "name", "url"),
     "wandb_failed": ("stage", "error"),
+    # upstream scripts (docs/DIALECTS.md): the dialect a stage runs in; a training stage of a whole script
+    "dialect": ("stage", "version", "save_every"),
+    "substage": ("stage", "run_id", "state", "exit_code", "argv"),
 }
 
 

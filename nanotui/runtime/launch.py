@@ -157,13 +157,14 @@ def start_plan(plan: dict, base_dir: Path, *, cwd: str | None = None, grace=None
     Refuses (StartError) when another live run writes the same checkpoint directories, and (`preflight`) when
     nanotui/runtime/preflight.py refuses the plan."""
     from nanotui.core.oom import parse_grace
+    given = grace is not None   # an explicit grace also consents to restarts from step 0 (docs/DIALECTS.md)
     try:
         grace = 60.0 if grace is None else parse_grace(grace)
     except ValueError as e:
         raise StartError(str(e)) from None
     base = Path(base_dir)
     plan = dict(plan)
-    plan.update(base_dir=str(base), cwd=cwd or os.getcwd(), grace=grace)
+    plan.update(base_dir=str(base), cwd=cwd or os.getcwd(), grace=grace, grace_given=given)
     if preflight:
         from nanotui.runtime.preflight import refuse_if_unfit
         refuse_if_unfit(plan, base)
@@ -218,6 +219,12 @@ def check_resume_step(rd: RunDir, step: int) -> None:
                          f"leave --step out")
     base = Path(rd.read_plan().get("base_dir") or ".")
     ckpt_dir = base / stage["ckpt_subdir"]
+    from nanotui.runtime.dialects import stage_dialect, upstream_step_problem
+    if stage_dialect(stage) is not None:  # upstream writes no run id: any committed step of its directory
+        problem = upstream_step_problem(stage, step)
+        if problem:
+            raise StartError(problem)
+        return
     steps = [c.step for c in own_checkpoints(rd, stage)]
     if step not in steps:
         have = ", ".join(map(str, steps)) or "none"
@@ -262,6 +269,11 @@ def resume_run(rd: RunDir, step: int | None = None, device_bs: int | None = None
     clash = conflicting_run(plan, Path(plan.get("base_dir") or rd.path.parent.parent), exclude=rd.run_id)
     if clash:
         raise StartError(clash)
+    if grace is None:  # a script that cannot resume (upstream 2025-11) restarts from step 0 only with consent
+        from nanotui.runtime.dialects import resume_refusal
+        refusal = resume_refusal(_resume_stage(rd), st.step, rd.run_id)
+        if refusal:
+            raise StartError(refusal)
     if step is not None:
         check_resume_step(rd, step)
     if device_bs is not None:

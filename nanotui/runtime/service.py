@@ -177,6 +177,10 @@ def resume_unfinished(base_dir: Path) -> list:
         why = interrupted(st, rd.supervisor_alive(), pid_matches(st.get("stage_pid"), st.get("stage_pid_created")))
         if why is None:
             continue
+        from nanotui.runtime.scripts import parent_of   # a whole script's training stage: its script resumes it
+        if parent_of(rd):
+            out.append((rd.run_id, True, f"left to its script's run {parent_of(rd)}, which resumes it: {why}"))
+            continue
         try:
             pid = resume_run(rd)
             out.append((rd.run_id, True, f"resumed (supervisor pid {pid}): {why}"))

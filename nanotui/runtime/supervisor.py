@@ -28,6 +28,7 @@ from pathlib import Path
 from nanotui.core import oom as policy
 from nanotui.core.argvflags import flag_value
 from nanotui.core.events import BatchChoice, BatchProbe, CheckpointSaved, Config, Error, Oom, Step, WandbInfo
+from nanotui.core.launchers import wraps_child_error
 from nanotui.core.logparse import LogParser
 from nanotui.core.runstate import (EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest, PendingOomRecord,
                                    RestartRequest, RunState, StopRequest)
@@ -82,6 +83,10 @@ def stage_argv(stage: dict, device_bs: int | None, resume) -> list[str]:
     """The stage's argv, with the batch size and resume point the supervisor chose (training stages only)."""
     if not stage.get("trains"):
         return list(stage["argv"])
+    if stage.get("dialect"):  # an upstream script: its own flag spellings, an integer resume step (or none)
+        from nanotui.runtime.dialects import attempt_argv, stage_dialect
+        if stage_dialect(stage) is not None:
+            return attempt_argv(stage, device_bs, resume)[0]
     from nanotui.core.plan import argv_with
     return argv_with(stage, device_bs=device_bs, resume=resume)
 
@@ -111,7 +116,7 @@ class Supervisor:
         if grace is None:
             grace = self.plan.get("grace")
         self.oom_state = policy.OomState(grace=policy.parse_grace(
-            grace if grace is not None else policy.DEFAULT_GRACE_S))
+            grace if grace is not None else policy.DEFAULT_GRACE_S), scratch_consent=bool(self.plan.get("grace_given")))
         self.lock = threading.RLock()
         self.request: StopRequest | RestartRequest | OomStopRequest | None = None
         self.own_signal: str | None = None   # set when the supervisor itself got SIGTERM/SIGHUP
@@ -253,9 +258,12 @@ class Supervisor:
         if not env["NANOCHAT_BASE_DIR"]:
             env.pop("NANOCHAT_BASE_DIR")
         # nanochat's checkpoint lineage: a stage resumes, loads and prunes only checkpoints of this run
-        env["NANOCHAT_RUN_ID"] = self.rd.run_id
+        # (a training stage of a whole script keeps the script's lineage: its stages load each other's models)
+        env["NANOCHAT_RUN_ID"] = self.plan.get("lineage_id") or self.rd.run_id
         # torchrun's agent SIGKILLs its ranks this long after forwarding a SIGTERM: the same as ours
         env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(max(1, math.ceil(self.stop_timeout)))
+        from nanotui.runtime.scripts import shim_env  # a whole bash script: its training stages come back to us
+        env.update(shim_env(self.rd.path, stage, env))
         return env
 
     def _spawn(self, idx: int, argv: list[str], device_bs: int | None):
@@ -300,6 +308,9 @@ class Supervisor:
         self.save_state()
         self.event("stage_started", stage=stage["name"], index=idx, attempt=attempt, argv=argv,
                    device_bs=device_bs, log=st.log, pid=proc.pid)
+        if stage.get("dialect") and attempt == 1:   # an upstream script: its dialect, and a save nanotui added
+            from nanotui.runtime.dialects import dialect_event
+            self.event("dialect", **dialect_event(stage))
         return proc, log, exit_file
 
     def _stage_got_signal(self, exit_file: Path) -> bool:
@@ -348,7 +359,7 @@ class Supervisor:
                             self.event("checkpoint", stage=stage["name"], step=ev.step, path=ev.path)
                     elif t is Oom:
                         last["oom"], last["oom_at"] = ev, last["n"]
-                    elif t is Error:
+                    elif t is Error and not wraps_child_error(ev.exc_type):  # torchrun's epilogue: not the cause
                         last["error"], last["error_at"] = f"{ev.exc_type}: {ev.message}", last["n"]
                     elif t is Config and ev.key == "total_batch_size":
                         self.state.total_batch_size = ev.value.get("total_batch_size")
@@ -593,9 +604,10 @@ class Supervisor:
             bs = self.resume_device_bs or self._carried_bs(idx)[0] or stage.get("device_bs")
         step = self.resume_step if self.resume_step is not None else "latest"
         if stage.get("trains"):
+            from nanotui.runtime.dialects import resume_words
             self.event("resumed", notify="resumed", message=f"{stage['name']}: resuming from "
-                       f"{'checkpoint step ' + str(step) if step != 'latest' else 'the newest checkpoint'} "
-                       f"at device_batch_size={bs}", stage=stage["name"], step=step, device_bs=bs)
+                       f"{resume_words(stage, step, self.state.step)} at device_batch_size={bs}",
+                       stage=stage["name"], step=step, device_bs=bs)
         else:
             self.event("resumed", notify="resumed", message=f"{stage['name']}: re-running the stage",
                        stage=stage["name"])
@@ -687,10 +699,14 @@ class Supervisor:
         now = time.time()
         with self.lock:
             self.request = None
-        self._apply_policy(policy.OomDetected(name, step, bs, ckpt_step, now, total, seq, world))
+        from nanotui.runtime.dialects import resume_words, stage_dialect
+        dia = stage_dialect(stage)
+        can_resume, note = (True, "") if dia is None else (dia.can_resume, resume_words(stage, None, step))
+        # (for a script that cannot resume, resume_words is the plain "restarts at step 0, N steps lost")
+        self._apply_policy(policy.OomDetected(name, step, bs, ckpt_step, now, total, seq, world, can_resume, note))
         p = self.oom_state.pending
         if self.oom_state.phase == "waiting" and p is not None:
-            self.state.pending_oom = PendingOomRecord(name, step, bs, list(p.ladder), p.deadline)
+            self.state.pending_oom = PendingOomRecord(name, step, bs, list(p.ladder), p.deadline, p.note or None)
             self.set_phase("waiting", f"out of memory at device_batch_size={bs}; waiting for a decision")
             self.event("waiting", notify="waiting", message=self.state.reason, stage=name,
                        ladder=list(p.ladder), deadline=p.deadline, grace=self.oom_state.grace,
@@ -720,7 +736,7 @@ class Supervisor:
         self.oom_state = policy.decide(self.oom_state, policy.Resumed(new_bs))[0]
         kind = "fallback" if new_bs != bs else "retry"
         self.event(kind, notify=kind, message=f"{name}: restarting at device_batch_size={new_bs} (was {bs}) "
-                   f"from {'the newest checkpoint' if resume == 'latest' else 'step ' + str(resume)} ({why})",
+                   f"from {resume_words(stage, resume, step)} ({why})",
                    stage=name, from_bs=bs, to_bs=new_bs, step=resume, why=why, ckpt_step=ckpt_step)
         return stage_argv(stage, new_bs, resume), new_bs
 

@@ -15,7 +15,9 @@ from textual.worker import get_current_worker
 
 from nanotui.tui import coreapi
 from nanotui.tui.messages import RunNotice, SnapshotUpdated
-from nanotui.tui.model import CheckpointRow, RunSnapshot, RunView, base_dir_of
+from nanotui.core.runstate import LIVE_PHASES
+from nanotui.tui.model import CheckpointRow, RunSnapshot, RunView, base_dir_of, list_checkpoints
+from nanotui.tui.screens.chat import ChatScreen
 from nanotui.tui.screens.checkpoints import CheckpointsScreen
 from nanotui.tui.screens.dashboard import DashboardScreen
 from nanotui.tui.screens.dialogs import ConfirmScreen, HelpScreen, OomScreen
@@ -252,6 +254,34 @@ class NanotuiApp(App):
             self.push_screen(CheckpointsScreen(self.base_dir, clock=self.clock,
                                                run_id=self.run_dir.name if self.run_dir else None))
 
+    def sft_checkpoint(self) -> CheckpointRow | None:
+        """This run's newest usable SFT checkpoint (None before chat_sft has saved one)."""
+        if self.run_dir is None:
+            return None
+        rows = [r for r in list_checkpoints(self.base_dir, self.run_dir.name)
+                if r.stage == "chat_sft" and not r.other_run and r.status != "invalid"]
+        return rows[-1] if rows else None
+
+    def action_chat(self) -> None:
+        """Chat with this run's SFT model through a chat_web child process (on the CPU while the run trains)."""
+        if isinstance(self.screen, ChatScreen):
+            return
+        row = self.sft_checkpoint()
+        if row is None:
+            self.notify("no SFT checkpoint of this run yet: the chat opens once chat_sft has saved one",
+                        severity="warning")
+            return
+        snap = self.snapshot
+        live = bool(snap and snap.phase in LIVE_PHASES)
+        backend = self.chat_backend(live)
+        where = "CPU, the run is training" if live else "auto device"
+        self.push_screen(ChatScreen(backend, f"{self.run_dir.name} · chat_sft step {row.step} ({where})"))
+
+    def chat_backend(self, live: bool):
+        from nanotui.runtime.chatweb import ChatWebProcess
+        return ChatWebProcess(self.base_dir, self.run_dir.name, self.run_dir / "chat_web.log",
+                              device_type="cpu" if live else None)
+
     def action_logs(self) -> None:
         if self.run_dir is not None and not isinstance(self.screen, LogsScreen):
             self.push_screen(LogsScreen(self.run_dir, poll_interval=self.poll_interval))
@@ -368,6 +398,7 @@ class NanotuiApp(App):
                             lambda: self.send_command("set_grace", grace=0))
         yield SystemCommand("Checkpoints", "List checkpoints, resume, copy a path", self.action_checkpoints)
         yield SystemCommand("Logs", "Full stage logs with filter and search", self.action_logs)
+        yield SystemCommand("Chat with the model", "The run's SFT model, streamed (m)", self.action_chat)
         yield SystemCommand("Chart the next training stage", "Cycle the loss chart", self.action_cycle_chart)
         yield SystemCommand("Resume newest checkpoint", "For a stopped or failed run", self.action_resume_latest)
 

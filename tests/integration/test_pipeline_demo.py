@@ -1,6 +1,6 @@
 """The offline demo pipeline end to end on CPU: demo corpus -> tokenizer -> base -> base eval -> mid -> chat eval
--> SFT -> chat eval -> report.md with every section -> chat_cli -p answers. The full cpu-demo profile is `slow`;
-a smoke variant with tiny iteration counts runs in the default suite."""
+-> SFT -> chat eval -> report.md with every section -> chat_cli -p answers -> chat_web serves the SFT model.
+The full cpu-demo profile is `slow`; a smoke variant with tiny iteration counts runs in the default suite."""
 import math
 import re
 import sys
@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from chat_web_helpers import check_serves_sft_model
 from pipeline_fixtures import make_base_checkpoint, run_stage
 
 FULL = dict(vocab=4096, max_chars=20_000_000, depth=2, base_iters=200, mid_iters=100, sft_iters=100, save_every=25,
@@ -69,6 +70,8 @@ def run_pipeline(p, base_dir, tmp_path):
     answer = run_stage("nanochat.scripts.chat_cli", "-i", "sft", "--model_tag=demo", "-p", "Who are you?",
                        "--max_tokens=40", "-t", "0", cwd=str(tmp_path))
     assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr[-2000:]
+    web_reply = check_serves_sft_model(base_dir, cwd=str(tmp_path))  # the browser chat serves the same model
+    print(f"chat_web reply: {web_reply[:200]!r}", file=sys.stderr)
     total = time.time() - t0
     print("\nstage wall times: " + ", ".join(f"{name} {w:.1f}s" for name, w in walls), file=sys.stderr)
     print(f"demo pipeline wall time: {total:.1f}s; chat_cli answer: {answer.stdout.strip()[:200]!r}",

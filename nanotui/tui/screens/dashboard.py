@@ -21,6 +21,7 @@ class DashboardScreen(Screen):
         Binding("s", "app.stop", "Stop"),
         Binding("c", "app.checkpoints", "Ckpts"),
         Binding("l", "app.logs", "Logs"),
+        Binding("m", "app.chat", "Chat"),
         Binding("o", "app.oom", "OOM", show=False),
         Binding("t", "app.cycle_chart", "Chart stage", show=False),
         Binding("r", "app.resume_latest", "Resume", show=False),

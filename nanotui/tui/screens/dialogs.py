@@ -1,6 +1,7 @@
 """Modal dialogs: OOM decision (ladder buttons + countdown), yes/no confirmation, help."""
 from __future__ import annotations
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -55,6 +56,8 @@ class OomScreen(ModalScreen[None]):
         p = self.pending
         ck = self.last_checkpoint
         ck_text = f"step {ck.get('step')} ({ck.get('stage')})" if ck else "none (restarts from the stage start)"
+        if p.get("note"):  # a script that cannot resume (upstream 2025-11): say plainly what a restart costs
+            ck_text = f"[b yellow]{escape(str(p['note']))}[/]"
         with Vertical(classes="dialog", id="oom-dialog"):
             yield Static(f"[b red]Out of memory[/] in [b]{p.get('stage')}[/] at step [b]{p.get('step')}[/] "
                          f"with DEVICE_BS=[b]{p.get('device_bs')}[/]\nlast checkpoint: {ck_text}",
@@ -76,7 +79,8 @@ class OomScreen(ModalScreen[None]):
         deadline = self.pending.get("deadline")
         label = self.query_one("#countdown", Static)
         if deadline is None:
-            label.update("no automatic choice: the run waits for you")
+            label.update("no automatic choice: the run waits for you" +
+                         ("; a batch button restarts from step 0" if self.pending.get("note") else ""))
             return
         left = float(deadline) - self.clock()
         auto = f"batch {self.ladder[0]}" if self.ladder else "stop"
@@ -126,6 +130,7 @@ HELP_TEXT = """[b]nanotui keys[/]  (letters and F-keys pass through SSH and tmux
   s          stop the run (asks for confirmation)
   c          checkpoints: resume from one, copy its path
   l          full stage logs with filter and search
+  m          chat with the run's SFT model (once chat_sft has saved a checkpoint)
   o          show the OOM decision dialog (while one is pending)
   t          chart the next training stage
   r          resume the newest checkpoint (stopped or failed run)
@@ -134,6 +139,7 @@ HELP_TEXT = """[b]nanotui keys[/]  (letters and F-keys pass through SSH and tmux
 [b]OOM dialog[/]      1..9 fall back to that batch size · r retry · s stop · Esc later
 [b]Checkpoints[/]     Enter/r resume from the selected · y copy its path (OSC 52) · Esc back
 [b]Logs[/]            / or f filter · n/N next/previous match · [ ] previous/next log · F follow · Esc back
+[b]Chat[/]            Enter send · Esc stop the reply, then back · ctrl+n new chat
 [b]Start screen[/]    Enter attach · r resume newest checkpoint of the selected run · n new run
 
 Press Esc or q to close."""
