@@ -15,6 +15,7 @@
 #   checkpoint. SPEEDRUN_FRESH=1 bash speedrun.sh starts over with a new run (the old run's checkpoints are moved
 #   aside, never deleted). An out-of-memory exit (3) is retried at half the device batch from the emergency
 #   checkpoint, with the total batch unchanged. The knobs are checked before anything is downloaded.
+#   Under `nanotui run -- bash speedrun.sh` nanotui does the skipping, resuming and OOM fallback itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,23 +36,40 @@ export DEVICE_BS SFT_BS SEQ_LEN NPROC_PER_NODE
 helper() { "$PY" -m nanochat.speedrun_helper "$@"; }
 helper validate "$PROFILE"   # DEVICE_BS, SFT_BS, SEQ_LEN, NPROC_PER_NODE: refused now, not hours from now
 mkdir -p "$NANOCHAT_BASE_DIR"
-NANOCHAT_RUN_ID=$(helper begin "$PROFILE" ${SPEEDRUN_FRESH:+--fresh})
-export NANOCHAT_RUN_ID
-echo "run id: $NANOCHAT_RUN_ID (checkpoints of other runs with the same model tag are moved aside, never mixed)"
-
-# stage NAME CMD...: run unless this run finished it already
-stage() { local name=$1; shift; helper run "$name" -- "$@"; }
-# train NAME CKPT_DIR MODULE FLAGS...: one process, or torchrun with `--` so that torchrun does not read the
-# script's flags; resumed from this run's newest checkpoint in CKPT_DIR, retried at half the batch after an OOM
-train() {
-    local name=$1 ckpt=$2 module=$3; shift 3
+# run CMD...: one process, or torchrun with `--` so that torchrun does not read the script's flags
+run() {
+    local module=$1; shift
     if [ "$NPROC_PER_NODE" -gt 1 ]; then
-        helper run "$name" --ckpt "$ckpt" -- "$PY" -m torch.distributed.run --standalone \
-            --nproc_per_node="$NPROC_PER_NODE" -m "$module" -- "$@"
+        "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC_PER_NODE" -m "$module" -- "$@"
     else
-        helper run "$name" --ckpt "$ckpt" -- "$PY" -m "$module" "$@"
+        "$PY" -m "$module" "$@"
     fi
 }
+if [ -n "${NANOTUI_PARENT_RUN:-}" ]; then
+    # under `nanotui run -- bash speedrun.sh`: nanotui skips finished stages and supervises each training stage
+    # (resume, OOM fallback) as a run of its own, with its run id as the lineage
+    echo "run id: $NANOCHAT_RUN_ID (nanotui supervises this script)"
+    stage() { shift; echo "=== $* ==="; "$@"; }
+    train() { shift 2; echo "=== $1 ==="; run "$@"; }
+    helper() { [ "$1" != finish ] && "$PY" -m nanochat.speedrun_helper "$@"; return 0; }
+else
+    NANOCHAT_RUN_ID=$(helper begin "$PROFILE" ${SPEEDRUN_FRESH:+--fresh})
+    export NANOCHAT_RUN_ID
+    echo "run id: $NANOCHAT_RUN_ID (checkpoints of other runs with the same model tag are moved aside, never mixed)"
+    # stage NAME CMD...: run unless this run finished it already
+    stage() { local name=$1; shift; helper run "$name" -- "$@"; }
+    # train NAME CKPT_DIR MODULE FLAGS...: resumed from this run's newest checkpoint in CKPT_DIR, retried at half
+    # the batch after an OOM
+    train() {
+        local name=$1 ckpt=$2 module=$3; shift 3
+        if [ "$NPROC_PER_NODE" -gt 1 ]; then
+            helper run "$name" --ckpt "$ckpt" -- "$PY" -m torch.distributed.run --standalone \
+                --nproc_per_node="$NPROC_PER_NODE" -m "$module" -- "$@"
+        else
+            helper run "$name" --ckpt "$ckpt" -- "$PY" -m "$module" "$@"
+        fi
+    }
+fi
 launch() {  # launch NAME MODULE FLAGS...: an evaluation, through torchrun when NPROC_PER_NODE > 1
     local name=$1 module=$2; shift 2
     if [ "$NPROC_PER_NODE" -gt 1 ]; then
