@@ -5,10 +5,10 @@
 
 The JSON form checks many stages in one process (torch is imported once) and prints one JSON object: `torch`
 (version or null), `torch_error`, `cuda` (torch sees CUDA), `devices` (CUDA device count; counting creates no
-context), `cuda_version`, `device_name` (of device 0), `allocator_configured` (the stages set the allocator variable this torch reads), `allocator` ({name, value}
-they will set here),
-`wandb` (installed), `results` [{name, ok, error}]. A script takes part through `check_args(argv, world_size)` (training
-stages: flags + batch arithmetic), else `build_parser()`, else `parse_args(argv)`.
+context), `cuda_version`, `device_name` (of device 0), `allocator_configured` (the stages set the allocator
+variable this torch reads), `allocator` ({name, value} they will set here), `wandb` (installed), `results`
+[{name, ok, error}]. A script takes part through `check_args(argv, world_size)` (training stages: flags + batch
+arithmetic), else `build_parser()`, else `parse_args(argv)`.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`nanotui doctor` for a profile: CUDA via torch, NVML, the plan's disk and ranks (the preflight), logind, W&B, boot
-resume, the HumanEval code sandbox (in a subprocess: its layers, and whether a cgroup or the rlimit fallback bounds it)."""
+"""`nanotui doctor` for a profile: CUDA, NVML, the plan's disk and ranks (the preflight), logind, W&B, boot resume,
+the HumanEval code sandbox (in a subprocess: its layers, and whether a cgroup or the rlimit fallback bounds it)."""
 from __future__ import annotations
 
 import glob
@@ -109,7 +109,7 @@ def check_logind(conf_root: str = "/etc/systemd") -> tuple[str, str]:
 
 
 def check_wandb() -> tuple[str, str]:
-    """Logged in (WANDB_API_KEY or netrc); a fail when WANDB_RUN names a real run and WANDB_MODE does not turn W&B off."""
+    """Logged in (WANDB_API_KEY or netrc); a fail when WANDB_RUN names a real run and WANDB_MODE leaves W&B on."""
     from nanotui.core.preflight import WANDB_OFF_MODES
     from nanotui.runtime.preflight import wandb_logged_in
     if wandb_logged_in(os.environ):

@@ -32,7 +32,8 @@ def test_gpu_profile_without_cuda_and_old_torch_allocator():
     f = evaluate(plan(), {"stage_check": dict(OK_CHECK, cuda=False, devices=0), "disk": BIG_DISK})
     assert "needs a CUDA GPU" in errors(f, "cuda")[0]
     old = dict(OK_CHECK, torch="2.5.1+cu121")
-    warn = [x.line for x in evaluate(plan(), {"stage_check": old, "disk": BIG_DISK, "env": {}}) if x.check == "allocator"]
+    warn = [x.line for x in evaluate(plan(), {"stage_check": old, "disk": BIG_DISK, "env": {}})
+            if x.check == "allocator"]
     assert warn and "PYTORCH_ALLOC_CONF" in warn[0] and "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in warn[0]
     fixed = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert not [x for x in evaluate(plan(), {"stage_check": old, "disk": BIG_DISK, "env": fixed})
