@@ -43,7 +43,8 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that raises UsageError (one line, exit 2 through run_main) instead of printing usage and exiting."""
 
     def error(self, message):
-        raise UsageError(f"{message} (see --help)")
+        from nanochat.flag_aliases import did_you_mean  # names the closest known flag of an unknown one
+        raise UsageError(f"{did_you_mean(message, self)} (see --help)")
 
     def parse_known_args(self, args=None, namespace=None):
         # `torchrun ... -m module -- --flags` (as upstream's speedrun and nanotui's plans launch) passes the `--`

@@ -30,6 +30,7 @@ IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conv
 IDENTITY_URL_ENV = "NANOCHAT_IDENTITY_URL"
 NUM_SHARDS = 1823                  # shard_00000 .. shard_01822
 VAL_SHARD_INDEX = NUM_SHARDS - 1   # pinned validation shard, for FineWeb-EDU and the demo corpus alike
+SHARD_DISK_BYTES = 100_000_000     # one FineWeb-EDU shard on disk (about 100 MB: 240 shards ~ 24 GB; disk planning)
 ROW_GROUP_SIZE = 1024              # documents per parquet row group
 DATA_SUBDIR = "base_data"
 DEMO_MARKER = "demo_corpus.json"   # written last by --demo: the commit marker of a complete demo corpus
@@ -559,7 +560,7 @@ def _env_float(name: str, default: float) -> float:
         raise UsageError(f"environment variable {name}={value!r} is not a number")
 
 
-def main(argv=None):
+def build_parser():
     parser = ArgumentParser(prog="python -m nanochat.dataset",
                             description="Download FineWeb-EDU shards or build the offline demo corpus.")
     parser.add_argument("-n", "--num-files", "--num_files", type=int, default=None,
@@ -575,7 +576,11 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="with --demo: rebuild even if already built")
     parser.add_argument("--max-mb", "--max_mb", type=float, default=None,
                         help=f"with --demo: cap on corpus text in MB (default $NANOCHAT_DEMO_MAX_MB or {DEFAULT_DEMO_MAX_MB:g})")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     data_dir = get_data_dir()
 
     if args.demo:

@@ -165,10 +165,14 @@ def get_report():
     return Report(os.path.join(get_base_dir(), "report")) if rank == 0 else DummyReport()
 
 
-def main(argv=None):
+def build_parser():
     parser = ArgumentParser(prog="python -m nanochat.report", description="the nanochat report card")
     parser.add_argument("command", choices=["generate", "reset"])
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     report = Report(os.path.join(get_base_dir(), "report"))
     if args.command == "reset":
         report.reset()

@@ -90,6 +90,9 @@ def cmd_start(a) -> int:
     a.profile = start_profile(a.profile)   # --profile, NANOTUI_PROFILE or the config file
     flags = {"DEVICE_BS": a.device_bs, "SEQ_LEN": a.seq_len, "NPROC_PER_NODE": a.nproc, "WANDB_RUN": a.wandb_run}
     plan = profile_plan(a.profile, collect_overrides(os.environ, flags), a.stages, a.set, python=sys.executable)
+    if getattr(a, "dry_run", False):   # the preflight alone: nothing started, nothing written
+        from nanotui.runtime.preflight import dry_run
+        return dry_run(plan, _base_dir())
     return _start_plan(plan, a)
 
 
@@ -131,7 +134,9 @@ def cmd_plan(a) -> int:
             raise ValueError(f"--headroom must be a fraction in [0, 1), got {a.headroom}")
         depth, vocab = _positive_int(a.depth, "--depth"), _positive_int(a.vocab_size, "--vocab-size")
         gpu = choose_gpu(a.gpu, None if a.gpu else _detected_gpu(), a.profile)
-        tables = plan_vram(plan, gpu, headroom, depth=depth, vocab_size=vocab)
+        explicit = a.device_bs is not None or bool(os.environ.get("DEVICE_BS"))
+        tables = plan_vram(plan, gpu, headroom, depth=depth, vocab_size=vocab,
+                           keep_chosen=explicit)   # an explicit DEVICE_BS keeps its row
     except (PlanError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else "bad --headroom") from None
     if a.json:
@@ -139,6 +144,11 @@ def cmd_plan(a) -> int:
                           "stages": [t.to_dict() for t in tables]}, indent=2))
     else:
         print("\n".join(format_plan(tables, a.profile)))
+    unfit = [t.stage for t in tables if t.chosen is None]
+    if unfit:   # nothing fits: a start with this plan would run out of memory
+        print(f"error: nothing fits for {', '.join(unfit)} on {gpu.name}; use a shorter --seq-len, a smaller model "
+              f"or a bigger GPU", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -166,12 +176,14 @@ def cmd_run(a) -> int:
 
 def _start_plan(plan: dict, a) -> int:
     from nanotui.runtime.launch import start_plan
+    from nanotui.runtime.preflight import preflight_or_refuse
     from nanotui.usercli import check_notify_url
     grace = _grace_arg(a.grace)
     if check_notify_url(getattr(a, "notify_url", None)):
         plan["notify_url"] = a.notify_url   # else NANOTUI_NOTIFY_URL / the config file, read by the supervisor
+    preflight_or_refuse(plan, _base_dir())   # refusals: StartError, one line each; warnings printed
     rd, pid = start_plan(plan, _base_dir(), cwd=os.getcwd(), grace=grace,
-                         stop_timeout=getattr(a, "stop_timeout", None))
+                         stop_timeout=getattr(a, "stop_timeout", None), preflight=False)
     print(f"started run {rd.run_id} (supervisor pid {pid}); it keeps running if you log out.")
     print(f"  watch: nanotui attach   status: nanotui status   stop: nanotui stop   dir: {rd.path}")
     if getattr(a, "attach", False):
@@ -480,6 +492,7 @@ def cmd_bare(a) -> int:
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanotui", description="Supervise nanochat training runs that survive SSH drops.")
+    p.add_argument("--version", action="version", version=f"nanotui {_version()}")
     sub = p.add_subparsers(dest="command")
 
     def grace(sp):
@@ -500,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override one flag of a stage (repeatable)")
     sp.add_argument("--stop-timeout", type=float, help="seconds between SIGTERM and SIGKILL on stop")
     sp.add_argument("--attach", action="store_true", help="attach right after starting")
+    sp.add_argument("--dry-run", action="store_true", help="only run the preflight checks; start nothing")
     grace(sp)
     sp.set_defaults(fn=cmd_start)
 
@@ -559,6 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("nanotui")
+    except Exception:
+        return "unknown (not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     pass
 
@@ -583,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StartError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:   # a preflight refusal: one line per cause
+            print(f"error: {line}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,7 @@
 """
 import json
 import math
+import os
 from dataclasses import asdict
 
 import torch
@@ -56,6 +57,24 @@ def check_ratios(args):
         raise UsageError("--warmup_ratio + --warmdown_ratio must not exceed 1")
     if args.grad_clip < 0:
         raise UsageError(f"--grad_clip must be >= 0 (0 disables clipping), got {args.grad_clip}")
+
+
+def check_args(argv=None, world_size=None):
+    """Parse the flags and check the batch arithmetic and model shape, touching no data and no device (the stage's
+    parse-only mode: `python -m nanochat.stage_check nanochat.scripts.base_train ...`). Returns the args."""
+    from nanochat.gpt import config_for_depth
+    args = build_parser().parse_args(argv)
+    check_ratios(args)
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if args.data_lanes > 1 and world_size > 1:
+        raise UsageError("--data_lanes is for a single process; under torchrun the ranks are the lanes")
+    if args.device_batch_size != "auto":  # auto: the probe picks a batch that divides
+        compute_grad_accum(args.total_batch_size, args.device_batch_size, args.max_seq_len, world_size)
+    try:
+        config_for_depth(args.depth)
+    except ValueError as e:
+        raise UsageError(f"--depth={args.depth}: {e}") from None
+    return args
 
 
 def compute_num_iterations(args, num_params, flops_per_token):
@@ -158,8 +177,7 @@ def make_sample_evaluator(args, tokenizer):
 
 @exit_3_on_startup_oom  # OOM before the loop (e.g. moving the model to the GPU): nothing to save yet
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    check_ratios(args)
+    args = check_args(argv)
     user_config = dict(vars(args))
 
     from nanochat.dataloader import DataLoader

@@ -46,6 +46,16 @@ def build_parser():
     return p
 
 
+def check_args(argv=None, world_size=None):
+    """Parse the flags and check the batch arithmetic (conversations per step vs device batch x ranks), touching
+    no data and no device (parse-only mode)."""
+    args = build_parser().parse_args(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if args.device_batch_size != "auto":  # auto: checked after the probe
+        check_sft_batch(args.target_examples_per_step, args.device_batch_size, world_size)
+    return args
+
+
 def sft_lr_multiplier(num_iterations):
     """Linear decay from 1 to 0 over the run (as upstream), clamped to [0, 1]."""
     return lambda it: min(1.0, max(0.0, 1.0 - it / max(1, num_iterations)))
@@ -84,7 +94,7 @@ def val_batch_size(device_batch_size, group_size, eval_steps):
 
 @exit_3_on_startup_oom  # OOM while loading the model: the `OOM:` line and exit 3, as inside the loop
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = check_args(argv)
     t_start = time.time()
     ddp, rank, _, world_size, device = compute_init(args.device_type or None)
     if args.device_batch_size != "auto":  # auto: checked after the probe below

@@ -41,6 +41,16 @@ def build_parser():
     return p
 
 
+def check_args(argv=None, world_size=None):
+    """Parse the flags and check the batch arithmetic, touching no data and no device (parse-only mode)."""
+    from nanochat.trainer import compute_grad_accum
+    args = build_parser().parse_args(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if args.device_batch_size != "auto":
+        compute_grad_accum(args.total_batch_size, args.device_batch_size, args.max_seq_len, world_size)
+    return args
+
+
 def scale_initial_lr(optimizers, frac):
     for opt in optimizers:
         for group in opt.param_groups:
@@ -58,7 +68,7 @@ def estimate_iterations(tokenizer, dataset, total_batch_size, max_conv_tokens):
 
 @exit_3_on_startup_oom  # OOM while loading the model: the `OOM:` line and exit 3, as inside the loop
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = check_args(argv)
     t_start = time.time()
     ddp, rank, _, world_size, device = compute_init(args.device_type or None)
     if args.eval_every is None:  # upstream: every 150 steps over 20 x 524,288 tokens; lighter in the demo

@@ -121,9 +121,12 @@ def collect_texts():
     return texts
 
 
+def build_parser():
+    return ArgumentParser(prog="python -m nanochat.scripts.tok_eval", description=__doc__.splitlines()[0])
+
+
 def main(argv=None):
-    parser = ArgumentParser(prog="python -m nanochat.scripts.tok_eval", description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    build_parser().parse_args(argv)
     ours = get_tokenizer()
     encoders = [("ours", ours.encode)]
     for name in ("gpt2", "cl100k_base"):

@@ -3,6 +3,7 @@ import argparse
 import math
 import sys
 
+from nanochat import flag_aliases
 from nanochat.checkpoint import check_model_tag, check_run_id
 from nanochat.common import COMPILE_AUTO_MIN_STEPS, COMPILE_MODES, UsageError
 from nanochat.training.dataskip import parse_data_skip
@@ -20,7 +21,7 @@ class FlagParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        raise UsageError(f"{message} (see --help)")
+        raise UsageError(f"{flag_aliases.did_you_mean(message, self)} (see --help)")
 
     @staticmethod
     def normalise(argv):
@@ -36,7 +37,7 @@ class FlagParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         argv = sys.argv[1:] if args is None else list(args)
-        return super().parse_args(self.normalise(argv), namespace)
+        return super().parse_args(flag_aliases.apply(self.normalise(argv), self), namespace)  # seed's names
 
 
 def _int_flag(min_value=None, allow=()):

@@ -271,6 +271,8 @@ def argv_with(stage: Union[Stage, Mapping], device_bs: Optional[int] = None,
 _FIELD_OF_FLAG = {"device_batch_size": "device_bs", "max_seq_len": "seq_len", "total_batch_size": "total_batch_size",
                   "num_iterations": "num_iterations"}
 _REFUSED_FLAGS = {"resume_from_step": "the supervisor chooses the resume point; use `nanotui resume --step S`"}
+# the seed's setting names (nanochat/flag_aliases.py gives the stages the same table)
+SEED_ALIASES = {"ckpt_every": "save_every", "resume_step": "resume_from_step", "resume_tag": "model_tag"}
 
 
 def set_stage_flag(stage: Mapping, flag: str, value: str) -> dict:
@@ -279,6 +281,10 @@ def set_stage_flag(stage: Mapping, flag: str, value: str) -> dict:
     for a value the stage cannot take (not a positive integer, a batch that does not divide the total batch)."""
     name = norm_flag(flag)
     out = dict(stage)
+    if name in SEED_ALIASES:   # resume_step=-1 / resume_tag="" are what the supervisor does anyway: no change
+        if (name, str(value).strip()) in (("resume_step", "-1"), ("resume_tag", "")):
+            return out
+        name = SEED_ALIASES[name]
     if name in _REFUSED_FLAGS:
         raise PlanError(f"--set {stage['name']}:--{name}: {_REFUSED_FLAGS[name]}")
     field_name = _FIELD_OF_FLAG.get(name)

@@ -277,7 +277,7 @@ class StageVram:
 
 def plan_stage(stage: str, shape: ModelShape, total_batch_size: int, gpu: GpuSpec, *, world_size: int = 1,
                headroom: float = DEFAULT_HEADROOM, compiled: bool = True, sequences: bool = False,
-               assumptions: Assumptions = Assumptions()) -> StageVram:
+               assumptions: Assumptions = Assumptions(), keep: tuple = ()) -> StageVram:
     """The DEVICE_BS table of one training stage. `total_batch_size` is in tokens (all ranks), or in sequences
     when `sequences` (SFT). The chosen batch is the largest candidate whose training peak fits in
     capacity·(1 − headroom); the eval batch is the largest candidate <= chosen whose val-bpb pass fits."""
@@ -294,7 +294,7 @@ def plan_stage(stage: str, shape: ModelShape, total_batch_size: int, gpu: GpuSpe
         eb = device_bytes(eval_terms(shape, b, a), a)
         rows.append(VramRow(b, tb, eb, tb <= limit, eb <= limit, allocated_bytes(terms)))
     too_big = [r for r in rows if not r.fits]
-    rows = too_big[-2:] + [r for r in rows if r.fits]     # the two smallest misfits, then everything that fits
+    rows = [r for r in rows if r in too_big[-2:] or r.fits or r.device_bs in keep]  # + `keep`: a batch asked for
     chosen = next((r.device_bs for r in rows if r.fits), None)
     eval_bs = None
     notes = []

@@ -51,10 +51,12 @@ def stage_shapes(plan: dict, depth: Optional[int] = None, vocab_size: Optional[i
 
 
 def plan_vram(plan: dict, gpu: GpuSpec, headroom: float = DEFAULT_HEADROOM, depth: Optional[int] = None,
-              vocab_size: Optional[int] = None) -> list:
-    """A StageVram per training stage of `plan` (a Plan.to_dict() / run.json)."""
+              vocab_size: Optional[int] = None, keep_chosen: bool = False) -> list:
+    """A StageVram per training stage of `plan` (a Plan.to_dict() / run.json); `keep_chosen`: the table keeps the
+    row of each stage's own device batch (an explicit DEVICE_BS), however far from fitting."""
     return [plan_stage(s["name"], shape, total, gpu, world_size=int(s.get("world_size") or 1), headroom=headroom,
-                       compiled=compiled, sequences=seqs)
+                       compiled=compiled, sequences=seqs,
+                       keep=(s["device_bs"],) if keep_chosen and s.get("device_bs") else ())
             for s, shape, total, seqs, compiled in stage_shapes(plan, depth, vocab_size)]
 
 

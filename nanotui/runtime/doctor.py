@@ -1,4 +1,4 @@
-"""`nanotui doctor` checks: CUDA via torch, NVML/driver, free disk, logind KillUserProcesses, W&B login, boot resume,
+"""`nanotui doctor` for a profile: CUDA, NVML, the plan's disk and ranks (the preflight), logind, W&B, boot resume,
 the HumanEval code sandbox (in a subprocess: its layers, and whether a cgroup or the rlimit fallback bounds it)."""
 from __future__ import annotations
 
@@ -10,28 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-# bytes per checkpoint ≈ params * (2 bytes bf16 weights... we store fp32 weights + AdamW/Muon state): ~12 B/param
-BYTES_PER_PARAM_CKPT = 12
-PROFILE_PARAMS = {"4090": 561_000_000, "8xh100": 561_000_000, "cpu-demo": 2_000_000}
-
-_TORCH_PROBE = ("import torch,json;c=torch.cuda.is_available();"
-                "print(json.dumps({'torch':torch.__version__,'cuda':c,'n':torch.cuda.device_count() if c else 0,"
-                "'name':torch.cuda.get_device_name(0) if c else None,'cuda_version':torch.version.cuda}))")
-
-
-def check_torch_cuda(timeout: float = 60.0) -> tuple[str, str]:
-    import json
-    try:
-        r = subprocess.run([sys.executable, "-c", _TORCH_PROBE], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "warn", f"importing torch took over {timeout:.0f}s"
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["?"])[-1]
-        return "fail", f"torch cannot be imported: {last}"
-    info = json.loads(r.stdout.strip().splitlines()[-1])
-    if not info["cuda"]:
-        return "warn", f"torch {info['torch']} sees no CUDA GPU (training will use the CPU; fine for cpu-demo)"
-    return "ok", f"torch {info['torch']} (CUDA {info['cuda_version']}) sees {info['n']} GPU(s): {info['name']}"
+def cuda_row(sc: dict | None, error: str | None, profile: str) -> tuple[str, str]:
+    """torch and the GPUs it sees (from the stage checker's answer); a profile written for CUDA cards fails without."""
+    from nanotui.core.preflight import GPU_PROFILES
+    if not sc:
+        return "warn", f"torch not checked: {error}"
+    if sc.get("torch_error"):
+        return "fail", f"torch cannot be imported: {sc['torch_error']}"
+    if not sc.get("cuda"):
+        if profile in GPU_PROFILES:
+            return "fail", (f"torch {sc['torch']} sees no CUDA GPU and profile {profile} needs one; install a CUDA "
+                            f"build of torch / fix the driver, or use --profile cpu-demo")
+        return "warn", f"torch {sc['torch']} sees no CUDA GPU (training will use the CPU; fine for cpu-demo)"
+    return "ok", (f"torch {sc['torch']} (CUDA {sc.get('cuda_version')}) sees {sc.get('devices')} GPU(s): "
+                  f"{sc.get('device_name')}")
 
 
 def check_nvml() -> tuple[str, str]:
@@ -46,15 +38,37 @@ def check_nvml() -> tuple[str, str]:
         b.close()
 
 
-def check_disk(base_dir: Path, profile: str) -> tuple[str, str]:
-    probe = Path(base_dir)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    params = PROFILE_PARAMS.get(profile, PROFILE_PARAMS["4090"])
-    need = 2 * params * BYTES_PER_PARAM_CKPT
-    msg = f"{free / 2**30:.1f} GiB free at {probe}; two {profile} checkpoints need ~{need / 2**30:.1f} GiB"
-    return ("ok" if free >= need else "fail"), msg
+def check_plan(base_dir: Path, profile: str) -> list:
+    """The preflight of the profile's plan (env overrides applied): disk sized for the shards still missing, the
+    tokenizer and each training stage's retained checkpoints; ranks against CUDA devices; allocator; stage flags."""
+    from nanotui.core.plan import PlanError, build_plan, collect_overrides
+    from nanotui.core.preflight import disk_need, evaluate, format_bytes
+    from nanotui.runtime.preflight import gather
+    try:
+        plan = build_plan(profile, collect_overrides(os.environ), python=sys.executable).to_dict()
+    except PlanError as e:
+        return [("plan", "fail", str(e))]
+    plan.update(base_dir=str(base_dir), cwd=os.getcwd())
+    facts = gather(plan, Path(base_dir))
+    sc = facts.get("stage_check") or {}
+    findings = [f for f in evaluate(plan, facts) if f.check not in ("cuda", "torch", "wandb")]
+    rows = [("cuda", *cuda_row(facts.get("stage_check"), facts.get("stage_check_error"), profile))]
+    disk = facts["disk"]
+    need = disk_need(plan, disk, bool(sc.get("cuda")) or profile != "cpu-demo")
+    detail = (f"{format_bytes(disk['free'])} free at {disk['path']}; the {profile} plan needs ~"
+              f"{format_bytes(need['total'])}: shards {format_bytes(need['shards'])} ({need['shard_count']} missing, "
+              f"{disk['shards']} on disk), checkpoints {format_bytes(need['checkpoints'])} (up to "
+              f"{need['ckpt_count']} of {format_bytes(need['ckpt_each'])}: keep_last + the best + the one being "
+              f"written, per training stage), tokenizer etc. {format_bytes(need['tokenizer'] + need['identity'])}")
+    rows.append(("disk", "fail" if any(f.check == "disk" for f in findings) else "ok", detail))
+    world = max([int(s.get("world_size") or 1) for s in plan["stages"]] or [1])
+    ranks = [f for f in findings if f.check == "ranks"]
+    rows.append(("ranks", "fail", ranks[0].line) if ranks else
+                ("ranks", "ok", f"NPROC_PER_NODE={world}, {sc.get('devices', 0)} CUDA device(s) visible"))
+    for f in findings:
+        if f.check not in ("disk", "ranks") and f.level != "ok":
+            rows.append((f.check, "fail" if f.level == "error" else "warn", f.line))
+    return rows
 
 
 def _logind_setting(paths: list[str]) -> tuple[str | None, str | None]:
@@ -95,14 +109,15 @@ def check_logind(conf_root: str = "/etc/systemd") -> tuple[str, str]:
 
 
 def check_wandb() -> tuple[str, str]:
-    if os.environ.get("WANDB_API_KEY"):
-        return "ok", "W&B: WANDB_API_KEY is set"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        if "api.wandb.ai" in netrc.read_text():
-            return "ok", f"W&B: logged in ({netrc})"
-    except OSError:
-        pass
+    """Logged in (WANDB_API_KEY or netrc); a fail when WANDB_RUN names a real run and WANDB_MODE leaves W&B on."""
+    from nanotui.core.preflight import WANDB_OFF_MODES
+    from nanotui.runtime.preflight import wandb_logged_in
+    if wandb_logged_in(os.environ):
+        return "ok", "W&B: logged in (WANDB_API_KEY or netrc)"
+    run = os.environ.get("WANDB_RUN", "")
+    if run and run != "dummy" and os.environ.get("WANDB_MODE", "").lower() not in WANDB_OFF_MODES:
+        return "fail", (f"W&B: WANDB_RUN={run} but not logged in; run `wandb login`, or set WANDB_MODE=offline, or "
+                        f"WANDB_RUN=dummy")
     return "info", "W&B: not logged in (runs use --run=dummy or WANDB_MODE=offline; `wandb login` to log)"
 
 
@@ -142,12 +157,11 @@ def check_boot_resume() -> tuple[str, str]:
 
 def run_checks(base_dir: Path, profile: str = "4090") -> list[tuple[str, str, str]]:
     out = []
-    for name, fn in (("cuda", check_torch_cuda), ("nvml", check_nvml),
-                     ("disk", lambda: check_disk(base_dir, profile)), ("logind", check_logind),
+    for name, fn in (("plan", lambda: check_plan(base_dir, profile)), ("nvml", check_nvml), ("logind", check_logind),
                      ("wandb", check_wandb), ("boot", check_boot_resume), ("sandbox", check_sandbox)):
         try:
-            status, detail = fn()
+            result = fn()
         except Exception as e:  # a broken check must not hide the others
-            status, detail = "warn", f"check failed: {type(e).__name__}: {e}"
-        out.append((name, status, detail))
+            result = ("warn", f"check failed: {type(e).__name__}: {e}")
+        out += result if isinstance(result, list) else [(name, *result)]
     return out

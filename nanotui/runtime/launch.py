@@ -152,9 +152,10 @@ def launch(rd: RunDir, extra: Iterable[str] = (), wait_s: float = 15.0, confirm:
 
 
 def start_plan(plan: dict, base_dir: Path, *, cwd: str | None = None, grace=None,
-               stop_timeout: float | None = None) -> tuple[RunDir, int]:
+               stop_timeout: float | None = None, preflight: bool = True) -> tuple[RunDir, int]:
     """Create the run directory for `plan` and start its supervisor: the same checks for the CLI and the TUI.
-    Refuses (StartError) when another live run writes the same checkpoint directories."""
+    Refuses (StartError) when another live run writes the same checkpoint directories, and (`preflight`) when
+    nanotui/runtime/preflight.py refuses the plan."""
     from nanotui.core.oom import parse_grace
     given = grace is not None   # an explicit grace also consents to restarts from step 0 (docs/DIALECTS.md)
     try:
@@ -164,6 +165,9 @@ def start_plan(plan: dict, base_dir: Path, *, cwd: str | None = None, grace=None
     base = Path(base_dir)
     plan = dict(plan)
     plan.update(base_dir=str(base), cwd=cwd or os.getcwd(), grace=grace, grace_given=given)
+    if preflight:
+        from nanotui.runtime.preflight import refuse_if_unfit
+        refuse_if_unfit(plan, base)
     if stop_timeout is not None:
         if not 0 <= stop_timeout < float("inf"):
             raise StartError(f"--stop-timeout must be seconds >= 0, got {stop_timeout:g}")

@@ -41,6 +41,19 @@ class RunActions:
         rd, _pid = start_plan(plan, Path(base_dir), cwd=os.getcwd())
         return rd.path
 
+    def check(self, base_dir: Path, profile: str, overrides: dict) -> list[str]:
+        """The preflight alone (`nanotui start --dry-run`): one line per finding; nothing started or written."""
+        from nanotui.runtime.launch import StartError, profile_plan
+        from nanotui.runtime.preflight import format_findings, run_preflight
+        try:
+            plan = profile_plan(profile, overrides, python=sys.executable)
+        except StartError as exc:
+            return [f"refused: {exc}"]
+        plan.update(base_dir=str(base_dir), cwd=os.getcwd())
+        findings, seconds = run_preflight(plan, Path(base_dir))
+        verdict = "refused" if any(f.level == "error" for f in findings) else "would start"
+        return format_findings(findings) + [f"preflight: {verdict} ({seconds:.1f} s; nothing started)"]
+
     def default_profile(self) -> str | None:
         """The profile the new-run dialog preselects: NANOTUI_PROFILE or `profile` in the user's config file."""
         from nanotui.runtime import settings
@@ -345,6 +358,21 @@ class NanotuiApp(App):
             self.notify(f"resume failed: {exc}", severity="error")
             return
         self.attach(run_dir)
+
+    def check_new_run(self, profile: str, overrides: dict, show) -> None:
+        """Run the actions' preflight in a thread; `show(lines)` on the UI thread with its result."""
+        checker = getattr(self.actions, "check", None)
+        if checker is None:
+            show(["preflight: not available here"])
+            return
+
+        def work():
+            try:
+                lines = checker(self.base_dir, profile, overrides)
+            except Exception as exc:
+                lines = [f"preflight failed: {exc}"]
+            self.call_from_thread(show, lines)
+        self.run_worker(work, thread=True, group="preflight")
 
     def start_run(self, profile: str, overrides: dict) -> None:
         try:

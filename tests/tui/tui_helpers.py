@@ -39,6 +39,10 @@ class FakeActions:
         self.calls.append(("start", profile, overrides))
         return self.start_result
 
+    def check(self, base_dir, profile, overrides):
+        self.calls.append(("check", profile, overrides))
+        return ["refused: cuda: a line from the fake preflight", "preflight: refused (0.0 s; nothing started)"]
+
     def resume(self, run_dir, step=None, device_bs=None):
         self.calls.append(("resume", Path(run_dir).name, step))
 

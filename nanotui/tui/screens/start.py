@@ -62,9 +62,11 @@ class NewRunScreen(ModalScreen[tuple[str, dict] | None]):
             yield Input(placeholder="overrides, e.g. DEVICE_BS=4 SEQ_LEN=1024 WANDB_RUN=d20", id="overrides")
             yield Checkbox("DEVICE_BS auto: probe the GPU before training (keeps the total batch)", id="auto-bs")
             yield Static("", id="vram-plan")
+            yield Static("", id="preflight")
             yield Static("", id="new-run-error")
             with Horizontal(classes="buttons"):
                 yield Button("Start", id="start", variant="primary")
+                yield Button("Check (dry run)", id="check")
                 yield Button("Cancel", id="cancel")
 
     def __init__(self, gpu: dict | None = None, profile: str | None = None):
@@ -109,9 +111,23 @@ class NewRunScreen(ModalScreen[tuple[str, dict] | None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self._submit()
 
+    def _check(self) -> None:
+        """The preflight of this choice (`nanotui start --dry-run`), run by the app; its lines land in #preflight."""
+        try:
+            overrides = self._overrides()
+        except ValueError as exc:
+            self.query_one("#new-run-error", Static).update(f"[red]error: {exc}[/]")
+            return
+        panel = self.query_one("#preflight", Static)
+        panel.update("preflight: checking every stage's flags, CUDA, ranks, disk, W&B ...")
+        profile = str(self.query_one("#profile", Select).value)
+        self.app.check_new_run(profile, overrides, lambda lines: panel.update("\n".join(lines).replace("[", "\\[")))
+
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "start":
             self._submit()
+        elif event.button.id == "check":
+            self._check()
         else:
             self.dismiss(None)
 
