@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Optional
 
 __all__ = ["DEFAULT_MAX_ROLLBACKS", "DEFAULT_SKIP_MARGIN", "rollback_target", "skips_after_rollback",
-           "format_skips", "skips_from_json", "format_rollbacks"]
+           "format_skips", "parse_skips", "skips_from_json", "format_rollbacks"]
 
 DEFAULT_MAX_ROLLBACKS = 3     # per stage; then the run stops and notifies
 DEFAULT_SKIP_MARGIN = 10      # steps of data skipped past the onset
@@ -35,6 +35,17 @@ def skips_after_rollback(skips: Mapping[int, int], target: Optional[int], onset:
 def format_skips(skips: Mapping[int, int]) -> str:
     """{40: 21} -> "40:21" (the trainer's --data_skip value)."""
     return ",".join(f"{int(s)}:{int(n)}" for s, n in sorted(skips.items(), key=lambda kv: int(kv[0])))
+
+
+def parse_skips(text) -> dict:
+    """"40:21,60:3" (a stage's own --data_skip) -> {40: 21, 60: 3}; malformed parts are dropped (the trainer
+    refuses them itself)."""
+    out = {}
+    for part in str(text or "").replace(" ", "").split(","):
+        step, _, count = part.partition(":")
+        if step.isdigit() and count.isdigit() and int(count) > 0:
+            out[int(step)] = out.get(int(step), 0) + int(count)
+    return out
 
 
 def skips_from_json(obj) -> dict:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from nanotui.core import ckpts
 from nanotui.core import oom as policy
-from nanotui.core.argvflags import drop_flag
-from nanotui.core.divergence import DEFAULT_MAX_ROLLBACKS, DEFAULT_SKIP_MARGIN, format_skips, skips_from_json
+from nanotui.core.argvflags import drop_flag, flag_value
+from nanotui.core.divergence import (DEFAULT_MAX_ROLLBACKS, DEFAULT_SKIP_MARGIN, format_skips, parse_skips,
+                                     skips_from_json)
 from nanotui.core.runstate import OomStopRequest, RestartRequest, RollbackRequest, StopRequest
 
 POLL = 0.2
@@ -47,7 +48,8 @@ def handle(sup, idx: int, end):
     div = end.divergence  # the trainer's `Divergence:` trailer (the supervisor only comes here with one)
     onset, kind = div.step, div.kind
     done = sum(1 for r in sup.state.rollbacks if r.get("stage") == name)
-    skips = skips_from_json(sup.state.data_skips.get(name))
+    # the run's list so far; before the first rollback, the one the plan gave the stage (`--set ...:--data_skip`)
+    skips = skips_from_json(sup.state.data_skips.get(name)) or parse_skips(flag_value(stage["argv"], "data_skip"))
     sup.event("divergence", stage=name, step=onset, cause=kind, detail=div.detail, ckpt_step=div.ckpt_step,
               exit_code=end.exit_code, rollbacks=done)
     with sup.lock:

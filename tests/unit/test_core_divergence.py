@@ -3,8 +3,8 @@ stop and the rollback limit, the run state's rollbacks/skip list round-trip, the
 import pytest
 
 from nanotui.core import oom as policy
-from nanotui.core.divergence import (format_rollbacks, format_skips, rollback_target, skips_after_rollback,
-                                     skips_from_json)
+from nanotui.core.divergence import (format_rollbacks, format_skips, parse_skips, rollback_target,
+                                     skips_after_rollback, skips_from_json)
 from nanotui.core.events import Divergence
 from nanotui.core.logparse import parse_line
 from nanotui.core.runstate import RunState, StateError, make_event
@@ -23,6 +23,7 @@ def test_skip_list_grows_at_the_target_and_drops_abandoned_entries():
     assert skips_after_rollback({}, None, 7, 10) == {0: 18}           # no checkpoint: from the start
     assert format_skips({60: 3, 40: 21}) == "40:21,60:3"
     assert skips_from_json({"40": 21, "x": 1, "5": 0, "6": True}) == {40: 21}
+    assert parse_skips("40:21, 60:3,bad,7:0") == {40: 21, 60: 3} and parse_skips(None) == {}
 
 
 def detected(**kw):
