@@ -129,8 +129,10 @@ def sample_next_token(logits: torch.Tensor, rng: torch.Generator, temperature: f
 
 def context_limit(model) -> int:
     """Positions the model can attend over (its rotary table): a prompt plus its reply must fit in it."""
-    cos = getattr(model, "cos", None)
-    return int(cos.size(1)) if cos is not None else int(model.config.sequence_len)
+    try:
+        return int(model.cos.size(1))
+    except AttributeError:  # a model without a rotary table: its configured context
+        return int(model.config.sequence_len)
 
 
 class _Row:

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from chat_web_helpers import ChatWeb, make_chat_checkpoint, read_events, wait_for  # noqa: E402
 
-pytestmark = [pytest.mark.gpu,
+pytestmark = [pytest.mark.gpu, pytest.mark.timeout(240, func_only=True),
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 HI = {"messages": [{"role": "user", "content": "What is 12 + 30?"}]}
 

@@ -1,6 +1,8 @@
 """W&B reach: the trainer prints the run URL (and why logging is off); the supervisor keeps the URL for `nanotui
 status` and the dashboard header, and a failed W&B start becomes a `wandb_failed` event and notice."""
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -48,17 +50,24 @@ def test_trainer_prints_the_url_and_uses_the_configured_project(monkeypatch, cap
     assert parse_line(out[1]) == WandbInfo(url=URL)
 
 
-def test_real_wandb_without_login_is_one_line(monkeypatch, capsys, tmp_path):
-    """The real wandb package, not logged in (no key, no netrc): the stage says why and trains on."""
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "NETRC"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    run = _start()
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("W&B logging disabled: ")
-    assert parse_line(out[0]).error and "API key" in out[0]
-    assert type(run).__name__ == "DummyWandb"
+def test_real_wandb_without_login_is_one_line(tmp_path):
+    """The real wandb package, not logged in (no key, no netrc): the stage says why and trains on. In a fresh
+    interpreter, because wandb keeps process-wide settings from any earlier in-process init (a disabled-mode trainer
+    run in another test makes a later init succeed offline)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path))
+    code = ("from nanochat.training.wandb_run import start_wandb\n"
+            "run = start_wandb(project='nanochat', run_name='djhenny-nanochat-speedrun-4090', run_id='ab12cd34',"
+            " master=True, config={'depth': 2})\n"
+            "print('TYPE', type(run).__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO), capture_output=True, text=True,
+                          timeout=120)
+    out = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out[-1] == "TYPE DummyWandb", out
+    said = out[:-1]
+    assert len(said) == 1 and said[0].startswith("W&B logging disabled: "), said
+    assert parse_line(said[0]).error and "API key" in said[0]
 
 
 def _run(base_dir, tag, lines):
