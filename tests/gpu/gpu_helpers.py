@@ -1,10 +1,13 @@
 """Helpers of the GPU tests (not a test module): the 4090-profile flags, running base_train, reporting numbers."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 CAP_GIB = 24
+# a trainer step line: step, tok/sec, mfu (the unit suite checks it against real trainer output)
+STEP = re.compile(r"^step (\d{5})/\d{5} .*\| tok/sec: ([\d,]+) \| mfu: (n/a|[\d.]+) \|", re.M)
 PROFILE_4090 = ["--depth=20", "--max_seq_len=1024", "--eval_every=-1", "--core_metric_every=-1",
                 "--sample_every=-1", "--run=dummy"]
 # built once, outside any test's time limit: by bench/gpu_check.sh (GPU_CHECK_BASE) or the session fixture

@@ -10,6 +10,7 @@ import statistics
 import pytest
 import torch
 
+from gpu_helpers import STEP
 from gpu_helpers import report as _report
 from gpu_helpers import train as _train
 
@@ -17,7 +18,6 @@ from gpu_helpers import train as _train
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(420, func_only=True),
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-STEP = re.compile(r"^step (\d{5})/\d{5} .*\| tok/sec: ([\d,]+) \| mfu: (n/a|[\d.]+) \|", re.M)
 
 
 def test_d20_4090_profile_memory_speed_then_real_oom_and_resume(gpu_base):

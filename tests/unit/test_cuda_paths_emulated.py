@@ -309,7 +309,8 @@ def test_trainer_setup_applies_the_memory_cap_on_cuda(monkeypatch, base_dir):
 # (8) the GPU test's regexes against the lines the trainer really prints (OOM at B=16, resume at B=4)
 
 def _gpu_test_module():
-    spec = importlib.util.spec_from_file_location("gpu_train_check", REPO / "tests" / "gpu" / "test_gpu_train.py")
+    """tests/gpu/gpu_helpers.py (a helper, not a test module), loaded by path: no test module imports another."""
+    spec = importlib.util.spec_from_file_location("gpu_helpers_check", REPO / "tests" / "gpu" / "gpu_helpers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
