@@ -68,7 +68,7 @@ async def test_chat_screen_streams_stops_and_closes_the_server(tmp_path):
 
     app, base, run_dir = make_app(tmp_path, "finished")
     long_replies(app)
-    make_chat_checkpoint(base, step=101, run_id=run_dir.name)
+    make_chat_checkpoint(base, step=101, run_id=run_dir.name, seq_len=8192)  # replies outlast Esc
     async with app.run_test(size=(140, 44)) as pilot:
         await until(pilot, lambda: app.snapshot is not None, 10, "the first snapshot")
         await pilot.press("m")
