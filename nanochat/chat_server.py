@@ -7,6 +7,7 @@ then `data: {"done": true}`. Every bad request is a 4xx with `{"detail": "<one l
 
 import asyncio
 import json
+import os
 import random
 import re
 import threading
@@ -26,6 +27,7 @@ MAX_BODY_BYTES = 1 << 20
 ROLES = ("user", "assistant")
 
 PAGE = Path(__file__).with_name("chat_ui.html")
+FAULT_TOKEN_DELAY_ENV = "NANOCHAT_FAULT_TOKEN_DELAY_S"  # tests: each sampled token takes this much longer
 TOOL_MARKERS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
 _MARKER_RE = re.compile("(" + "|".join(re.escape(m) for m in TOOL_MARKERS) + ")")
 
@@ -200,9 +202,12 @@ def generate_text(worker: Worker, tokens: list[int], max_tokens: int, temperatur
     enders = (tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id())
     pending: list[int] = []
     produced, reason = 0, "max_tokens"
+    delay = float(os.environ.get(FAULT_TOKEN_DELAY_ENV) or 0)
     with eval_autocast(worker.device):
         for column, _ in worker.engine.generate(tokens, num_samples=1, max_tokens=max_tokens,
                                                 temperature=temperature, top_k=top_k or None, seed=seed):
+            if delay:
+                time.sleep(delay)
             if stop.is_set():
                 reason = "cancelled"
                 break

@@ -63,12 +63,15 @@ def long_replies(app):
     app.chat_backend = backend
 
 
-async def test_chat_screen_streams_stops_and_closes_the_server(tmp_path):
+async def test_chat_screen_streams_stops_and_closes_the_server(tmp_path, monkeypatch):
     from chat_web_helpers import make_chat_checkpoint
+
+    # a tiny model on a quiet CPU samples its whole reply in about a second: pace it so that Esc lands mid-reply
+    monkeypatch.setenv("NANOCHAT_FAULT_TOKEN_DELAY_S", "0.02")
 
     app, base, run_dir = make_app(tmp_path, "finished")
     long_replies(app)
-    make_chat_checkpoint(base, step=101, run_id=run_dir.name, seq_len=8192)  # replies outlast Esc
+    make_chat_checkpoint(base, step=101, run_id=run_dir.name)
     async with app.run_test(size=(140, 44)) as pilot:
         await until(pilot, lambda: app.snapshot is not None, 10, "the first snapshot")
         await pilot.press("m")
