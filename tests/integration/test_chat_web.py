@@ -23,7 +23,8 @@ def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("chatweb") / "base"
     base.mkdir()
     make_chat_checkpoint(base)
-    srv = ChatWeb("--max_tokens", "32", env={"NANOCHAT_BASE_DIR": str(base)})
+    # 5 ms a token: a reply of the whole context (~500 tokens) outlasts a disconnect on however fast a machine
+    srv = ChatWeb("--max_tokens", "32", env={"NANOCHAT_BASE_DIR": str(base), "NANOCHAT_FAULT_TOKEN_DELAY_S": "0.005"})
     yield srv
     srv.stop()
 
