@@ -6,7 +6,7 @@ from typing import Mapping, Optional
 from nanotui.core.runstate import LIVE_PHASES
 
 STOP_CAUSE_KEY = "stop_cause"   # state.json: why a stopped run stopped (written by the supervisor)
-STOP_SIGNAL, STOP_REQUEST, STOP_OOM = "signal", "request", "oom"
+STOP_SIGNAL, STOP_REQUEST, STOP_OOM, STOP_DIVERGENCE = "signal", "request", "oom", "divergence"
 _SIGNAL_REASON = "supervisor received SIG"   # the reason older supervisors wrote for a shutdown/logout SIGTERM
 
 

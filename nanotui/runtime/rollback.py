@@ -16,9 +16,10 @@ from nanotui.core import oom as policy
 from nanotui.core.argvflags import drop_flag, flag_value
 from nanotui.core.divergence import (DEFAULT_MAX_ROLLBACKS, DEFAULT_SKIP_MARGIN, format_skips, parse_skips,
                                      skips_from_json)
+from nanotui.core.resumable import STOP_DIVERGENCE
 from nanotui.core.runstate import OomStopRequest, RestartRequest, RollbackRequest, StopRequest
+from nanotui.runtime import decision
 
-POLL = 0.2
 KIND_WORDS = {"nonfinite": "non-finite loss", "spike": "loss spike"}
 
 
@@ -65,22 +66,9 @@ def handle(sup, idx: int, end):
                                  f"{'step ' + str(back) if back is not None else 'the start'}")
         sup.event("waiting", notify="waiting", message=sup.state.reason, stage=name, deadline=p.deadline,
                   grace=sup.oom_state.grace)
-    while True:
-        with sup.lock:
-            req = sup.request
-        if req:
-            break
-        sup._apply_policy(policy.GraceTick(time.time()))
-        time.sleep(POLL)
-    with sup.lock:
-        sup.request = None
+    req = decision.await_request(sup)
     if isinstance(req, OomStopRequest):  # the rollback limit
-        rec = sup.stage_rec(idx)
-        rec.state, rec.reason = "stopped", req.reason
-        sup.state.stage_pid = None
-        sup.set_phase("stopped", req.reason)
-        sup.event("stopped", notify="stopped", message=req.reason, stage=name, reason=req.reason)
-        return 0
+        return decision.stop_by_policy(sup, idx, req.reason, STOP_DIVERGENCE)
     if isinstance(req, StopRequest):
         sup.oom_state = policy.decide(sup.oom_state, policy.UserStop(req.reason))[0]
         return sup._stopped(idx, req.reason, end)

@@ -32,9 +32,9 @@ from nanotui.core.events import (BatchChoice, BatchProbe, CheckpointSaved, Confi
 from nanotui.core.launchers import wraps_child_error
 from nanotui.core.logparse import LogParser
 from nanotui.core.runstate import (EXIT_DIVERGED, EXIT_OOM, EXIT_STOPPED, CheckpointRef, OomStopRequest,
-                                   PendingOomRecord, RestartRequest, RollbackRequest, RunState, StopRequest)
+                                   RestartRequest, RollbackRequest, RunState, StopRequest)
 from nanotui.core.wandbinfo import wandb_update
-from nanotui.runtime import probes, procs, rollback, webhook
+from nanotui.runtime import oom_fallback, probes, procs, rollback, webhook
 from nanotui.runtime.control import ControlServer
 from nanotui.runtime.gpu import open_backend
 from nanotui.runtime.recorder import Recorder
@@ -681,7 +681,7 @@ class Supervisor:
             return rollback.handle(self, idx, end)
         is_oom = end.exit_code == EXIT_OOM or (end.oom is not None and end.exit_code not in (EXIT_STOPPED,))
         if is_oom and stage.get("trains"):
-            return self._handle_oom(idx, end)
+            return oom_fallback.handle(self, idx, end)
         if is_oom:
             reason = f"{name}: out of memory (exit {end.exit_code}); this stage has no batch size to lower"
         else:
@@ -693,62 +693,6 @@ class Supervisor:
                    signal=end.signal, error=shown(end.error), step=end.last_step)
         self.event("failed", notify="failed", message=reason, stage=name, reason=reason)
         return 1
-
-    def _handle_oom(self, idx: int, end: AttemptEnd):
-        stage = self.stages[idx]
-        name = stage["name"]
-        bs = self.state.device_bs or (end.oom.device_bs if end.oom else None)
-        ck = self.state.last_checkpoint
-        ckpt_step = ck.step if ck and ck.stage == name else None
-        step = (end.oom.step if end.oom and end.oom.step is not None else end.last_step)
-        total = stage.get("total_batch_size") or self.state.total_batch_size
-        seq = stage.get("seq_len") or self.state.seq_len or 1
-        world = int(stage.get("world_size") or 1)
-        self.event("oom", stage=name, step=step, device_bs=bs, exit_code=end.exit_code,
-                   emergency_step=end.oom.emergency_step if end.oom else None, ckpt_step=ckpt_step)
-        now = time.time()
-        with self.lock:
-            self.request = None
-        from nanotui.runtime.dialects import resume_words, stage_dialect
-        dia = stage_dialect(stage)
-        can_resume, note = (True, "") if dia is None else (dia.can_resume, resume_words(stage, None, step))
-        # (for a script that cannot resume, resume_words is the plain "restarts at step 0, N steps lost")
-        self._apply_policy(policy.OomDetected(name, step, bs, ckpt_step, now, total, seq, world, can_resume, note))
-        p = self.oom_state.pending
-        if self.oom_state.phase == "waiting" and p is not None:
-            self.state.pending_oom = PendingOomRecord(name, step, bs, list(p.ladder), p.deadline, p.note or None)
-            self.set_phase("waiting", f"out of memory at device_batch_size={bs}; waiting for a decision")
-            self.event("waiting", notify="waiting", message=self.state.reason, stage=name,
-                       ladder=list(p.ladder), deadline=p.deadline, grace=self.oom_state.grace,
-                       pending_oom=self.state.pending_oom.to_json())
-        while True:
-            with self.lock:
-                req = self.request
-            if req:
-                break
-            self._apply_policy(policy.GraceTick(time.time()))
-            time.sleep(POLL)
-        with self.lock:
-            self.request = None
-            self.state.pending_oom = None
-        if isinstance(req, OomStopRequest):
-            rec = self.stage_rec(idx)
-            rec.state, rec.reason = "stopped", req.reason
-            self.state.stage_pid = None
-            self.state.extra["stop_cause"] = "oom"
-            self.set_phase("stopped", req.reason)
-            self.event("stopped", notify="stopped", message=req.reason, stage=name, reason=req.reason)
-            return 0
-        if isinstance(req, StopRequest):
-            self.oom_state = policy.decide(self.oom_state, policy.UserStop(req.reason))[0]
-            return self._stopped(idx, req.reason, end)
-        new_bs, resume, why = req.device_bs, req.resume, req.why
-        self.oom_state = policy.decide(self.oom_state, policy.Resumed(new_bs))[0]
-        kind = "fallback" if new_bs != bs else "retry"
-        self.event(kind, notify=kind, message=f"{name}: restarting at device_batch_size={new_bs} (was {bs}) "
-                   f"from {resume_words(stage, resume, step)} ({why})",
-                   stage=name, from_bs=bs, to_bs=new_bs, step=resume, why=why, ckpt_step=ckpt_step)
-        return stage_argv(stage, new_bs, resume), new_bs
 
 
 def _oomish(text: str | None) -> bool:

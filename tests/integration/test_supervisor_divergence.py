@@ -7,6 +7,7 @@ import time
 from supervisor_helpers import cli, launch, wait_for  # noqa: E402 (puts tests/fixtures on sys.path)
 
 from fake_trainer import fake_plan, fake_stage  # noqa: E402
+from nanotui.core.resumable import interrupted
 from nanotui.runtime.rundir import RunDir
 from nanotui.runtime.supervisor import spawn_supervisor
 
@@ -57,6 +58,9 @@ def test_rollback_limit_stops_with_a_reason(base_dir):
     st = rd.read_state()
     assert st["phase"] == "stopped" and "after 0 rollback(s) of this stage (limit 0)" in st["reason"]
     assert st["rollbacks"] == [] and types_of(rd)[-2:] == ["divergence", "stopped"]
+    # a policy stop, not an interrupted run: a boot-time `resume --all-unfinished` leaves it alone
+    assert st["stop_cause"] == "divergence"
+    assert interrupted(st, supervisor_alive=False, stage_alive=False) is None
 
 
 def test_stop_while_the_rollback_waits_then_while_it_runs_resumes_exactly(base_dir):
