@@ -9,26 +9,17 @@ import socket
 from nanochat.common import ArgumentParser, UsageError, autodetect_device_type, run_main
 
 
-def _float_in(lo, hi):
+def _number_in(kind, lo, hi):
+    """An argparse type: a float or int (`kind`) within [lo, hi], with one line saying what was expected."""
+    what = "a number" if kind is float else "an integer"
+
     def parse(text):
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number between {lo} and {hi}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what} between {lo} and {hi}, got {text!r}") from None
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected a number between {lo} and {hi}, got {text}")
-        return value
-    return parse
-
-
-def _int_in(lo, hi):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer between {lo} and {hi}, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer between {lo} and {hi}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {what} between {lo} and {hi}, got {text}")
         return value
     return parse
 
@@ -39,25 +30,26 @@ def build_parser():
     p = ArgumentParser(prog="python -m nanochat.scripts.chat_web", description=__doc__)
     p.add_argument("-i", "--source", choices=["sft", "mid"], default="sft", help="which chat model (default sft)")
     p.add_argument("-g", "--model_tag", "--model-tag", dest="model_tag", default=None)
-    p.add_argument("-s", "--step", type=_int_in(0, 10 ** 12), default=None)
+    p.add_argument("-s", "--step", type=_number_in(int, 0, 10 ** 12), default=None)
     p.add_argument("--run_id", "--run-id", dest="run_id", default=None,
                    help="serve this run's newest checkpoint (default: $NANOCHAT_RUN_ID; unset: the newest of any)")
-    p.add_argument("-n", "--num_gpus", "--num-gpus", dest="num_gpus", type=_int_in(1, 1024), default=1,
+    p.add_argument("-n", "--num_gpus", "--num-gpus", dest="num_gpus", type=_number_in(int, 1, 1024), default=1,
                    help="model workers, one per GPU (CPU/MPS: 1)")
-    p.add_argument("-t", "--temperature", type=_float_in(cs.MIN_TEMPERATURE, cs.MAX_TEMPERATURE), default=0.8,
-                   help="default temperature of a request that sets none (0 = greedy)")
-    p.add_argument("-k", "--top_k", "--top-k", dest="top_k", type=_int_in(cs.MIN_TOP_K, cs.MAX_TOP_K), default=50,
-                   help="default top-k (0 = the whole vocabulary)")
+    p.add_argument("-t", "--temperature", type=_number_in(float, cs.MIN_TEMPERATURE, cs.MAX_TEMPERATURE),
+                   default=0.8, help="default temperature of a request that sets none (0 = greedy)")
+    p.add_argument("-k", "--top_k", "--top-k", dest="top_k", type=_number_in(int, cs.MIN_TOP_K, cs.MAX_TOP_K),
+                   default=50, help="default top-k (0 = the whole vocabulary)")
     p.add_argument("-m", "--max_tokens", "--max-tokens", dest="max_tokens",
-                   type=_int_in(cs.MIN_MAX_TOKENS, cs.MAX_MAX_TOKENS), default=512, help="default reply length cap")
-    p.add_argument("-p", "--port", type=_int_in(0, 65535), default=8000, help="0 = any free port")
+                   type=_number_in(int, cs.MIN_MAX_TOKENS, cs.MAX_MAX_TOKENS), default=512,
+                   help="default reply length cap")
+    p.add_argument("-p", "--port", type=_number_in(int, 0, 65535), default=8000, help="0 = any free port")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 serves every interface)")
     p.add_argument("--device_type", "--device-type", dest="device_type", default=None, choices=["cuda", "cpu", "mps"],
                    help="default: cuda, else mps, else cpu")
     p.add_argument("--exit_with_parent", action="store_true",
                    help="stop when the process that started this one exits (the dashboard's chat uses it)")
-    p.add_argument("--max_waiting", type=_int_in(1, 100000), default=256,
+    p.add_argument("--max_waiting", type=_number_in(int, 1, 100000), default=256,
                    help="requests allowed to wait for a worker; more get 503")
     return p
 

@@ -11,7 +11,7 @@ from nanotui.tui.screens.logs import LogsScreen
 from nanotui.tui.screens.start import NewRunScreen, StartScreen, parse_overrides
 from nanotui.tui.widgets.chart import LossChart
 
-from tui_helpers import FakeActions, FakeControl, recorded, wait_history
+from tui_helpers import FakeActions, FakeControl, app_without_run, recorded, wait_history
 
 pytestmark = pytest.mark.anyio
 
@@ -291,10 +291,7 @@ async def test_live_follow_picks_up_new_steps(tmp_path):
 
 
 async def test_start_screen_lists_runs_resumes_newest_and_starts_new(tmp_path):
-    base, run_dir, now = recorded("finished", tmp_path)
-    actions = FakeActions(start_result=run_dir)
-    app = NanotuiApp(run_dir=None, base_dir=base, control=FakeControl(), actions=actions, clock=lambda: now,
-                     poll_interval=None, theme="textual-dark")
+    app, actions, run_dir = app_without_run(tmp_path)
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.pause()
         assert isinstance(app.screen, StartScreen)
@@ -391,10 +388,7 @@ async def test_new_run_screen_shows_vram_plan_and_auto_option(tmp_path):
     from nanotui.core.plan import build_plan
     from nanotui.core.vram import gpu_spec
     from nanotui.core.vramplan import plan_vram
-    base, run_dir, now = recorded("finished", tmp_path)
-    actions = FakeActions(start_result=run_dir)
-    app = NanotuiApp(run_dir=None, base_dir=base, control=FakeControl(), actions=actions, clock=lambda: now,
-                     poll_interval=None, theme="textual-dark")
+    app, actions, run_dir = app_without_run(tmp_path)
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.pause()
         await pilot.press("n")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from nanotui.tui.app import NanotuiApp, RunActions
+from nanotui.tui.app import RunActions
 from nanotui.tui.screens.start import NewRunScreen
 
-from tui_helpers import FakeActions, FakeControl, recorded
+from tui_helpers import FakeActions, app_without_run
 
 pytestmark = pytest.mark.anyio
 
@@ -28,10 +28,7 @@ async def test_new_run_dialog_starts_with_the_configured_profile(tmp_path):
     class Actions(FakeActions):
         def default_profile(self):
             return "4090"
-    base, run_dir, now = recorded("finished", tmp_path)
-    actions = Actions(start_result=run_dir)
-    app = NanotuiApp(run_dir=None, base_dir=base, control=FakeControl(), actions=actions, clock=lambda: now,
-                     poll_interval=None, theme="textual-dark")
+    app, actions, run_dir = app_without_run(tmp_path, Actions)
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.pause()
         await pilot.press("n")

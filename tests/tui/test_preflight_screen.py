@@ -2,24 +2,18 @@
 check `nanotui start --dry-run` runs) and starts nothing; RunActions.check runs the real preflight."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-from nanotui.tui.app import NanotuiApp, RunActions
+from nanotui.tui.app import RunActions
 from nanotui.tui.screens.start import NewRunScreen
 
-from tui_helpers import FakeActions, FakeControl, recorded
+from tui_helpers import app_without_run
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_check_button_shows_the_preflight_and_starts_nothing(tmp_path):
-    base, run_dir, now = recorded("finished", tmp_path)
-    actions = FakeActions(start_result=run_dir)
-    app = NanotuiApp(run_dir=None, base_dir=base, control=FakeControl(), actions=actions, clock=lambda: now,
-                     poll_interval=None, theme="textual-dark")
+    app, actions, run_dir = app_without_run(tmp_path)
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.pause()
         await pilot.press("n")

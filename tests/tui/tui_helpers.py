@@ -75,3 +75,14 @@ def normalise_svg(svg: str, base: Path) -> str:
     svg = re.sub(r"BASE[^<…\s]*…", "BASE…", svg)  # how much of the path fits depends on the temp dir's length
     svg = re.sub(r"terminal-\d+", "terminal", svg)
     return svg
+
+
+def app_without_run(tmp_path: Path, actions_cls=None):
+    """The dashboard over the recorded `finished` scenario with no run attached (where `n` opens the new-run
+    dialog); returns (app, actions, run_dir). actions_cls: a FakeActions subclass (default FakeActions)."""
+    from nanotui.tui.app import NanotuiApp
+    base, run_dir, now = recorded("finished", tmp_path)
+    actions = (actions_cls or FakeActions)(start_result=run_dir)
+    app = NanotuiApp(run_dir=None, base_dir=base, control=FakeControl(), actions=actions, clock=lambda: now,
+                     poll_interval=None, theme="textual-dark")
+    return app, actions, run_dir
