@@ -155,7 +155,9 @@ def make_config(smoke: bool, base: Path) -> Config:
 
 
 def _env(cfg: Config, **extra) -> dict:
-    env = dict(os.environ, NANOCHAT_BASE_DIR=str(cfg.base), PYTHONPATH=str(REPO), WANDB_MODE="disabled",
+    # the repo first, then whatever the caller's PYTHONPATH already holds (packages installed with --target)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, NANOCHAT_BASE_DIR=str(cfg.base), PYTHONPATH=path, WANDB_MODE="disabled",
                PYTHONUNBUFFERED="1")
     for k in ("NANOCHAT_FAULT_OOM_ABOVE_BS", "NANOCHAT_FAULT_OOM_FROM_STEP", "NANOCHAT_CUDA_MEMORY_CAP_GIB",
               "NANOCHAT_AUTO_BS_MAX"):

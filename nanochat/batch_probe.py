@@ -184,7 +184,8 @@ class DeviceBatchProbe:
         self.T, self.V = seq_len, vocab_size
         self.per_rank_rows = per_rank_rows
         self.accum_for = accum_for          # device_bs -> gradient accumulation steps
-        self.forward = forward or model
+        # not `forward or model`: a torch.compile'd module has no truth value (its __len__ raises TypeError)
+        self.forward = model if forward is None else forward
         self.autocast = autocast
         self.fault = FaultInjector()
         self.rows = []                      # [{device_bs, peak_gib, reserved_gib, outcome}]

@@ -79,6 +79,20 @@ def test_measured_rows_and_choice_under_an_emulated_budget(capsys):
     assert out[-1].startswith("Device batch size auto: 4 (headroom 10%, limit ")
 
 
+def test_probe_runs_through_a_compiled_module(capsys):
+    """The trainer hands the probe torch.compile(model): an OptimizedModule, whose truth value raises TypeError (it
+    forwards len() to a GPT). Seen on an H200: `forward or model` failed the whole --device_batch_size=auto stage."""
+    model, opts = tiny()
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    with pytest.raises(TypeError):
+        bool(compiled)
+    probe = bp.DeviceBatchProbe(model, opts, torch.device("cpu"), T, V, 8, accum_for=lambda b: 8 // b,
+                                forward=compiled)
+    assert probe.forward is compiled
+    chosen, *_ = probe.run(capacity=(64 * bp.GIB, "test"), headroom_frac=0.1)
+    assert chosen == 8 and [r["outcome"] for r in probe.rows] == ["fits"]
+
+
 def test_fault_injector_ooms_are_skipped(monkeypatch, capsys):
     monkeypatch.setenv("NANOCHAT_FAULT_OOM_ABOVE_BS", "2")
     model, opts = tiny()
