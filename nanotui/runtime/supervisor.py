@@ -258,9 +258,12 @@ class Supervisor:
         env.update({k: str(v) for k, v in (stage.get("env") or {}).items()})
         env["PYTHONUNBUFFERED"] = "1"
         env.update(probes.probe_env(stage, argv, self.plan, probes.last_gpu_sample(self.rd)))
-        env.setdefault("NANOCHAT_BASE_DIR", str(self.plan.get("base_dir") or ""))
-        if not env["NANOCHAT_BASE_DIR"]:
-            env.pop("NANOCHAT_BASE_DIR")
+        # the run's own base dir (run.json), not whatever NANOCHAT_BASE_DIR the supervisor inherited: a resume from
+        # another shell, or two runs created in the same second under different bases (same run id), must never
+        # put their checkpoints in one directory. A stage's own env setting still wins.
+        plan_base = str(self.plan.get("base_dir") or "")
+        if plan_base and "NANOCHAT_BASE_DIR" not in (stage.get("env") or {}):
+            env["NANOCHAT_BASE_DIR"] = plan_base
         # nanochat's checkpoint lineage: a stage resumes, loads and prunes only checkpoints of this run
         # (a training stage of a whole script keeps the script's lineage: its stages load each other's models)
         env["NANOCHAT_RUN_ID"] = self.plan.get("lineage_id") or self.rd.run_id

@@ -276,3 +276,30 @@ def test_disk_full_supervisor_survives_and_says_so(small_tmpfs, tmp_path, monkey
     kinds = [e["type"] for e in rd.read_events()]
     assert "disk_full" in kinds and "disk_ok" in kinds
     assert not list(rd.path.glob(".state.json.*.tmp"))
+
+
+def test_checkpoints_go_to_the_runs_base_dir_not_an_inherited_one(base_dir, tmp_path, monkeypatch):
+    """Two runs under different base dirs can get the same run id (ids are unique per runs/ folder, to the second).
+    Their stages must write under their own base dir: had they used the NANOCHAT_BASE_DIR the supervisor inherited,
+    both would share one checkpoint folder, and the second run's fallback would resume from the first run's final
+    step (seen on CI: a run that finished without training)."""
+    elsewhere = tmp_path / "inherited"
+    elsewhere.mkdir()
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(elsewhere))
+    monkeypatch.setenv("NANOCHAT_FAULT_OOM_ABOVE_BS", "2")
+    monkeypatch.setenv("FAKE_OOM_AFTER_STEP", "3")
+    runs = []
+    for name in ("first", "second"):
+        base = base_dir / name
+        base.mkdir()
+        plan = fake_plan(base, [fake_stage(device_bs=4, num_iterations=6, save_every=3, step_time=0.01)])
+        rd = RunDir.create(base, plan, run_id="20261204-120000-same")
+        assert spawn_supervisor(rd).wait(60) == 0
+        runs.append(rd)
+    for rd in runs:
+        steps = [line.split()[1] for log in rd.list_logs() for line in log.read_text().splitlines()
+                 if line.startswith("step ")]
+        assert steps == [f"{s:05d}/00006" for s in range(6)], (rd.path, steps)
+        ckpts = Path(rd.read_plan()["base_dir"]) / "base_checkpoints" / "fake"
+        assert sorted(p.name for p in ckpts.glob("meta_*.json")) == ["meta_000003.json", "meta_000006.json"]
+    assert not (elsewhere / "base_checkpoints").exists()
