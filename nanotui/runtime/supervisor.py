@@ -63,12 +63,23 @@ class AttemptEnd:
     divergence: Divergence | None = None  # the trainer's `Divergence:` trailer (exit 5)
 
 
+LOCK_SETTLE_S = 1.0   # how long a start waits out other processes' momentary status probes of its lock
+
+
 def acquire_lock(rd: RunDir) -> int:
     """flock supervisor.lock; returns the fd to keep open for the supervisor's lifetime."""
     fd = os.open(rd.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # `supervisor_alive()` probes (a dashboard's poll, `nanotui status`, a script's launcher) hold a shared flock
+    # for microseconds; only a flock still held after LOCK_SETTLE_S belongs to a live supervisor
+    deadline = time.monotonic() + LOCK_SETTLE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
         os.close(fd)
         pid = rd.read_state().get("supervisor_pid")
         raise SupervisorBusy(f"run {rd.run_id} already has a supervisor (pid {pid}); "
