@@ -67,3 +67,20 @@ def test_refusing_or_hanging_endpoint_changes_nothing(base_dir, monkeypatch):
         # two posts each time out after 1 s in the background; the exit waits for the queue at most ~2 s
         assert secs < base_s + 4, (name, secs, base_s)
         assert "could not post" in rd.supervisor_log.read_text(), name
+
+
+def test_divergence_rollback_posts_one_line_then_done(base_dir, monkeypatch):
+    """A NaN at step 12 (the trainer exits 5): the supervisor rolls back to step 10 with a data skip and finishes;
+    a real local endpoint receives the rollback line and the done line, nothing else."""
+    stage = fake_stage(num_iterations=20, save_every=5, step_time=0.01)
+    stage["env"] = {"NANOCHAT_FAULT_NAN_AT_STEP": "12"}
+    with Sink() as sink:
+        monkeypatch.setenv("NANOTUI_NOTIFY_URL", sink.url)
+        rd, sup = launch(base_dir, [stage], grace=0)
+        assert sup.wait(60) == 0
+        bodies = sink.wait(2)
+        time.sleep(0.5)
+        assert sink.bodies() == bodies == [
+            f"nanotui {rd.run_id}: divergence rollback: base_train: rollback 1 to checkpoint step 10 after a "
+            f"non-finite loss at step 12; data skipped 10:13 (grace 0: acting at once)",
+            f"nanotui {rd.run_id}: done: run {rd.run_id} finished all 1 stages"]
