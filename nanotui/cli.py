@@ -460,9 +460,17 @@ def _ckpt_row(c, note: str) -> str:
 def cmd_doctor(a) -> int:
     from nanotui.core.plan import PROFILE_NAMES
     from nanotui.runtime.doctor import run_checks
+    from nanotui.runtime import settings
+    ok, where = True, "--profile"
+    try:   # --profile, NANOTUI_PROFILE or the config file, as `start` chooses; else the single-GPU user's 4090
+        chosen = settings.effective({"profile": a.profile})["profile"]
+        a.profile, where = (chosen.value, chosen.where or chosen.source) if chosen.value else ("4090", "default")
+    except settings.ConfigError as e:   # a doctor reports a broken config file instead of refusing to run
+        print(f"[FAIL] config: {e}")
+        ok, a.profile, where = False, a.profile or "4090", "--profile" if a.profile else "default"
     if a.profile not in PROFILE_NAMES:
-        raise UsageError(f"unknown profile {a.profile!r}; choose one of: {', '.join(PROFILE_NAMES)}")
-    ok = True
+        raise UsageError(f"unknown profile {a.profile!r} (from {where}); choose one of: {', '.join(PROFILE_NAMES)}")
+    print(f"[info] profile: {a.profile} (from {where})")
     for name, status, detail in run_checks(_base_dir(), profile=a.profile):
         mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "info": "info"}[status]
         print(f"[{mark}] {name}: {detail}")
@@ -563,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_ls)
     sp = sub.add_parser("doctor", help="check CUDA, NVML, disk, logind, W&B, boot resume and the code sandbox")
-    sp.add_argument("--profile", default="4090")
+    sp.add_argument("--profile", help="default: NANOTUI_PROFILE or `profile` in the config file, else 4090")
     sp.set_defaults(fn=cmd_doctor)
     from nanotui.usercli import add_commands
     add_commands(sub)   # config, service

@@ -90,3 +90,19 @@ def test_doctor_fails_a_gpu_profile_without_cuda_and_sizes_the_plan(base_dir):
     disk = next(line for line in r.stdout.splitlines() if "] disk:" in line)
     assert "241 missing" in disk and "24.1 GB" in disk and "checkpoints" in disk and "4.7 GB" in disk
     assert "] ranks: NPROC_PER_NODE=1" in r.stdout
+
+
+def test_doctor_checks_the_configured_profile(base_dir, user_config):
+    """Without --profile, doctor checks the profile `start` would use (config file, NANOTUI_PROFILE), else 4090; a
+    broken config file is one FAIL line, not a refusal to diagnose."""
+    user_config('profile = "cpu-demo"\n')
+    r = cli("doctor", timeout=120)
+    assert "[info] profile: cpu-demo (from " in r.stdout and "config.toml" in r.stdout, r.stdout
+    assert "[FAIL] cuda:" not in r.stdout                      # cpu-demo needs no GPU
+    r = cli("doctor", env={"NANOTUI_PROFILE": "4090", "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert "[info] profile: 4090 (from NANOTUI_PROFILE)" in r.stdout and "[FAIL] cuda:" in r.stdout, r.stdout
+    user_config("profile = 4090\n")                              # not TOML: a string must be quoted
+    r = cli("doctor", "--profile", "cpu-demo", timeout=120)
+    assert r.returncode == 1 and "[FAIL] config: " in r.stdout and "[info] profile: cpu-demo (from --profile)" \
+        in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
