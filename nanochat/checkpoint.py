@@ -723,6 +723,25 @@ def find_largest_model(stage_root: str) -> str:
     return max(tags, key=lambda t: os.path.getmtime(os.path.join(stage_root, t)))
 
 
+def _model_config(meta: dict, ckpt_dir: str):
+    """The GPTConfig a checkpoint's meta describes; UsageError (one line) for a model this nanochat does not build,
+    such as upstream nanochat's 2026 architecture (`window_pattern`, vocab 32,768 and value embeddings)."""
+    from dataclasses import fields
+    from nanochat.gpt import GPTConfig
+    given = meta.get("model_config")
+    if not isinstance(given, dict):
+        raise UsageError(f"checkpoint {ckpt_dir} has no model_config in its meta; it was not written by nanochat")
+    foreign = sorted(set(given) - {f.name for f in fields(GPTConfig)})
+    if foreign:
+        raise UsageError(f"checkpoint {ckpt_dir} is a model this nanochat does not build (model_config has "
+                         f"{', '.join(foreign)}: upstream nanochat's 2026 architecture?); use that code's own "
+                         f"chat_cli/chat_web for it")
+    try:
+        return GPTConfig(**given)
+    except TypeError as exc:
+        raise UsageError(f"checkpoint {ckpt_dir} has an unusable model_config ({exc})") from None
+
+
 def load_model(stage, device, phase="eval", model_tag=None, step=None, run_id=None,
                purpose_flags=("--run_id", "--step")):
     """(model, tokenizer, meta): build the GPT of a stage's checkpoint (`step`, else the newest valid step of
@@ -732,7 +751,7 @@ def load_model(stage, device, phase="eval", model_tag=None, step=None, run_id=No
     only other runs' checkpoints exist it names them and `purpose_flags` (the caller's run-id and step flags) to
     load one on purpose.
     """
-    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.gpt import GPT
     from nanochat.tokenizer import get_tokenizer
 
     if phase not in ("eval", "train"):
@@ -760,7 +779,7 @@ def load_model(stage, device, phase="eval", model_tag=None, step=None, run_id=No
         valid = ", ".join(str(s) for s in list_valid_steps(ckpt_dir)) or "none"
         raise UsageError(f"cannot load step {step} from {ckpt_dir}: {exc}; valid steps: {valid}")
     tokenizer = get_tokenizer()
-    config = GPTConfig(**meta["model_config"])
+    config = _model_config(meta, ckpt_dir)
     if config.vocab_size != tokenizer.get_vocab_size():
         raise UsageError(f"checkpoint {ckpt_dir} has vocab {config.vocab_size} but the tokenizer has "
                          f"{tokenizer.get_vocab_size()}; use the tokenizer it was trained with")
@@ -770,6 +789,12 @@ def load_model(stage, device, phase="eval", model_tag=None, step=None, run_id=No
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()  # fills the non-persistent rotary buffers
-    model.load_state_dict(model_state, strict=True, assign=True)
+    try:
+        model.load_state_dict(model_state, strict=True, assign=True)
+    except RuntimeError as exc:   # names or shapes of another architecture: one line, not a traceback
+        first = str(exc).strip().splitlines()
+        raise UsageError(f"checkpoint {ckpt_dir} step {step} does not fit the model its meta describes "
+                         f"({first[1].strip() if len(first) > 1 else first[0]}); it was written by other code "
+                         f"than this nanochat") from None
     model.train(phase == "train")
     return model, tokenizer, meta

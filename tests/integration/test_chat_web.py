@@ -277,3 +277,32 @@ def test_browser_types_a_message_and_sees_the_streamed_reply(server):
             assert external == [], external
         finally:
             browser.close()
+
+
+def _rewrite_model_config(base_dir, step, **changes):
+    """Edit the committed meta's model_config (the meta is the commit marker; the model file stays as written)."""
+    path = base_dir / "chatsft_checkpoints" / "demo" / f"meta_{step:06d}.json"
+    meta = json.loads(path.read_text())
+    meta["model_config"].update(changes)
+    path.write_text(json.dumps(meta))
+
+
+def test_a_checkpoint_of_another_architecture_is_one_line_not_a_traceback(base_dir):
+    """Upstream nanochat's 2026 checkpoints describe a model with `window_pattern` (and other weights): chat_cli and
+    chat_web said TypeError with a traceback. Now one line that says what it is; a meta whose shapes do not match
+    its weights, likewise."""
+    make_chat_checkpoint(base_dir, step=3, endless=False)
+    _rewrite_model_config(base_dir, 3, window_pattern="SSSL")
+    out = run_stage("nanochat.scripts.chat_cli", "-p", "hi", "--device_type", "cpu", timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: checkpoint ") and "does not build" in line and "window_pattern" in line, line
+    meta_path = base_dir / "chatsft_checkpoints" / "demo" / "meta_000003.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["model_config"]["window_pattern"]
+    meta["model_config"]["n_embd"] = 128        # the weights are 64 wide
+    meta_path.write_text(json.dumps(meta))
+    out = run_stage("nanochat.scripts.chat_web", "--port", "0", "--device_type", "cpu", timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: checkpoint ") and "does not fit the model its meta describes" in line, line
