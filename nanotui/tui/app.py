@@ -16,7 +16,8 @@ from textual.worker import get_current_worker
 from nanotui.tui import coreapi
 from nanotui.tui.messages import RunNotice, SnapshotUpdated
 from nanotui.core.runstate import LIVE_PHASES
-from nanotui.tui.model import CheckpointRow, RunSnapshot, RunView, base_dir_of, list_checkpoints
+from nanotui.tui.model import (CheckpointRow, RunSnapshot, RunView, base_dir_of, list_checkpoints,
+                               upstream_checkpoint_dirs)
 from nanotui.tui.screens.chat import ChatScreen
 from nanotui.tui.screens.checkpoints import CheckpointsScreen
 from nanotui.tui.screens.dashboard import DashboardScreen
@@ -258,8 +259,10 @@ class NanotuiApp(App):
         """This run's newest usable SFT checkpoint (None before chat_sft has saved one)."""
         if self.run_dir is None:
             return None
+        upstream = upstream_checkpoint_dirs(self.run_dir)
         rows = [r for r in list_checkpoints(self.base_dir, self.run_dir.name)
-                if r.stage == "chat_sft" and not r.other_run and r.status != "invalid"]
+                if r.stage == "chat_sft" and r.status != "invalid"
+                and (not r.other_run or (r.run_id is None and os.path.normpath(os.path.dirname(r.path)) in upstream))]
         return rows[-1] if rows else None
 
     def action_chat(self) -> None:
@@ -278,9 +281,14 @@ class NanotuiApp(App):
         self.push_screen(ChatScreen(backend, f"{self.run_dir.name} · chat_sft step {row.step} ({where})"))
 
     def chat_backend(self, live: bool):
+        """chat_web serving exactly the checkpoint the chat's title names (model tag and step); an upstream stage's
+        checkpoint carries no run id, so it is served without one."""
         from nanotui.runtime.chatweb import ChatWebProcess
-        return ChatWebProcess(self.base_dir, self.run_dir.name, self.run_dir / "chat_web.log",
-                              device_type="cpu" if live else None)
+        row = self.sft_checkpoint()
+        run_id = self.run_dir.name if row is None or row.run_id is not None else None
+        pin = ("--model_tag", os.path.basename(os.path.dirname(row.path)), "--step", str(row.step)) if row else ()
+        return ChatWebProcess(self.base_dir, run_id, self.run_dir / "chat_web.log",
+                              device_type="cpu" if live else None, extra_args=pin)
 
     def action_logs(self) -> None:
         if self.run_dir is not None and not isinstance(self.screen, LogsScreen):

@@ -626,6 +626,28 @@ def list_checkpoints(base_dir: Path, run_id: str | None = None) -> list[Checkpoi
     return rows
 
 
+def upstream_checkpoint_dirs(run_dir: Path) -> set[str]:
+    """Checkpoint directories of the upstream-nanochat training stages this run supervised, its own or, for a whole
+    script, its stage runs'. Upstream writes no run id, so a committed step there counts as this run's (as resume
+    and `nanotui resume --step` count it)."""
+    from nanotui.runtime.rundir import list_runs
+    run = RunDir(run_dir)
+    runs = [run]
+    try:
+        runs += [rd for rd in list_runs(run.path.parent.parent) if rd.read_plan().get("parent") == run.run_id]
+    except (RunNotFound, OSError, ValueError):
+        pass
+    dirs = set()
+    for rd in runs:
+        try:
+            stages = rd.read_plan().get("stages") or []
+        except (RunNotFound, OSError, ValueError):
+            continue
+        dirs |= {os.path.normpath(st["ckpt_dir"]) for st in stages
+                 if isinstance(st, dict) and st.get("dialect") and st.get("ckpt_dir")}
+    return dirs
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str

@@ -58,7 +58,7 @@ def long_replies(app):
 
     def backend(live):
         b = real(live)
-        b.extra_args = ("--max_tokens", "4096")
+        b.extra_args = tuple(b.extra_args) + ("--max_tokens", "4096")
         return b
     app.chat_backend = backend
 
@@ -157,3 +157,39 @@ async def test_chat_that_cannot_start_says_why_and_leaving_early_is_safe(tmp_pat
         await until(pilot, slow.closed.is_set, 5, "close() of the backend")
         await pilot.pause(0.3)
         assert isinstance(app.screen, DashboardScreen) and app.is_running
+
+
+async def test_chat_serves_an_upstream_stages_checkpoint_without_a_run_id(tmp_path):
+    """A run that supervised upstream nanochat's chat_sft (a dialect stage): upstream writes no run id, so the
+    newest committed step of that stage's directory is this run's to chat with; chat_web is started without a run id
+    and pinned to that tag and step. The same checkpoint in a run of our own stages stays another run's."""
+    from chat_web_helpers import make_chat_checkpoint
+
+    app, base, run_dir = make_app(tmp_path, "mid_training")
+    make_chat_checkpoint(base, step=7, run_id=None)              # upstream: no run_id in the meta
+    async with app.run_test(size=(140, 44)) as pilot:           # our stages: not this run's checkpoint
+        await until(pilot, lambda: app.snapshot is not None, 10, "the first snapshot")
+        await pilot.press("m")
+        await pilot.pause()
+        assert isinstance(app.screen, DashboardScreen)
+        assert any("no SFT checkpoint of this run yet" in n.message for n in app._notifications)
+    plan_path = run_dir / "run.json"
+    plan = json.loads(plan_path.read_text())
+    plan["stages"].append({"name": "chat_sft", "argv": ["python", "-m", "scripts.chat_sft"], "trains": True,
+                           "dialect": {"version": "2025-11"},
+                           "ckpt_dir": str(base / "chatsft_checkpoints" / "demo")})
+    plan_path.write_text(json.dumps(plan))
+    app2 = NanotuiApp(run_dir=run_dir, base_dir=base, control=FakeControl(), actions=FakeActions(),
+                      clock=app.clock, poll_interval=None, theme="textual-dark")
+    async with app2.run_test(size=(140, 44)) as pilot:
+        await until(pilot, lambda: app2.snapshot is not None, 10, "the first snapshot")
+        await pilot.press("m")
+        await until(pilot, lambda: isinstance(app2.screen, ChatScreen), 5, "the chat screen")
+        chat = app2.screen
+        assert "chat_sft step 7" in str(chat.query_one("#chat-title").render())
+        argv = chat.backend.argv()
+        assert "--run_id" not in argv and argv[-4:] == ["--model_tag", "demo", "--step", "7"], argv
+        await until(pilot, lambda: chat.ready, 120, "chat_web to load the upstream-style checkpoint")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app2.screen, DashboardScreen)
