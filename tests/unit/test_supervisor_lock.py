@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nanotui.runtime.rundir import RunDir
-from nanotui.runtime.supervisor import LOCK_SETTLE_S, SupervisorBusy, acquire_lock
+from nanotui.runtime.daemon import LOCK_SETTLE_S, SupervisorBusy, acquire_lock
 
 PLAN = {"profile": "lock", "stages": []}
 REPO = Path(__file__).resolve().parents[2]
