@@ -22,11 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 pytestmark = pytest.mark.anyio
 
 
+def app_for(run_dir, base, clock):
+    return NanotuiApp(run_dir=run_dir, base_dir=base, control=FakeControl(), actions=FakeActions(), clock=clock,
+                      poll_interval=None, theme="textual-dark")
+
+
 def make_app(tmp_path, name):
     base, run_dir, now = recorded(name, tmp_path)
-    app = NanotuiApp(run_dir=run_dir, base_dir=base, control=FakeControl(), actions=FakeActions(), clock=lambda: now,
-              poll_interval=None, theme="textual-dark")
-    return app, base, run_dir
+    return app_for(run_dir, base, lambda: now), base, run_dir
 
 
 async def until(pilot, predicate, timeout: float, what: str):
@@ -179,8 +182,7 @@ async def test_chat_serves_an_upstream_stages_checkpoint_without_a_run_id(tmp_pa
                            "dialect": {"version": "2025-11"},
                            "ckpt_dir": str(base / "chatsft_checkpoints" / "demo")})
     plan_path.write_text(json.dumps(plan))
-    app2 = NanotuiApp(run_dir=run_dir, base_dir=base, control=FakeControl(), actions=FakeActions(),
-                      clock=app.clock, poll_interval=None, theme="textual-dark")
+    app2 = app_for(run_dir, base, app.clock)
     async with app2.run_test(size=(140, 44)) as pilot:
         await until(pilot, lambda: app2.snapshot is not None, 10, "the first snapshot")
         await pilot.press("m")
