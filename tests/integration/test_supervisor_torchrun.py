@@ -46,7 +46,7 @@ def rank_pids(rd):
     if not log or not (rd.path / log).exists():
         return {}
     text = (rd.path / log).read_text(errors="replace")
-    return {int(r): int(p) for r, p in re.findall(r"^rank (\d+) pid (\d+)$", text, re.M)}
+    return {int(r): int(p) for r, p in re.findall(r"rank (\d+) pid (\d+)", text)}
 
 
 def alive(pid):
