@@ -194,13 +194,14 @@ def generate_text(worker: Worker, tokens: list[int], max_tokens: int, temperatur
     """Runs on the worker's thread: sample a reply and emit() each piece of text that is complete UTF-8 (a
     multi-byte character split over tokens is held back until whole). Returns why it stopped."""
     from nanochat.common import eval_autocast
+    from nanochat.tokenizer import TextStream
 
     if getattr(worker.device, "type", None) == "cuda":  # this thread's current device = the worker's GPU
         import torch
         torch.cuda.set_device(worker.device)
     tok = worker.tokenizer
     enders = (tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id())
-    pending: list[int] = []
+    stream = TextStream(tok)
     produced, reason = 0, "max_tokens"
     delay = float(os.environ.get(FAULT_TOKEN_DELAY_ENV) or 0)
     with eval_autocast(worker.device):
@@ -216,11 +217,9 @@ def generate_text(worker: Worker, tokens: list[int], max_tokens: int, temperatur
                 reason = "done"
                 break
             produced += 1
-            pending.append(token)
-            text = tok.decode(pending)
-            if not text.endswith("\ufffd"):
+            text = stream.push(token)
+            if text:
                 emit(text)
-                pending = []
     worker.tokens += produced
     worker.last_tokens = produced
     return reason

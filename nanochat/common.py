@@ -21,6 +21,15 @@ def one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+_TERMINAL_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_text(text: str) -> str:
+    """Model output made safe to print: control characters (ESC, SO, C1...), which a terminal would act on (clear,
+    reset, retitle, write the clipboard), become U+FFFD; newlines and tabs stay."""
+    return _TERMINAL_CONTROL_RE.sub("\ufffd", text)
+
+
 def run_main(fn, argv=None):
     """Run a script's `main()`; a UsageError becomes `error: <msg>` on stderr and exit 2.
 

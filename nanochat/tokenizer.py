@@ -261,6 +261,26 @@ class Tokenizer:
         return " ".join(f"{self.id_to_token(i)!r}|{m}" for i, m in zip(ids, mask))
 
 
+class TextStream:
+    """Sampled token ids in, text out only once it is whole UTF-8: a character split over byte tokens is held back
+    until its last byte arrives (at most 4 tokens, so bytes that never make a character still come out, as U+FFFD)."""
+
+    HOLD = 4  # the longest UTF-8 character
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> str:
+        """The text that token completes ("" while a character is still incomplete)."""
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < self.HOLD:
+            return ""
+        self.pending = []
+        return text
+
+
 def _merge_system_message(messages):
     """Fold a leading system message into the first user message (the chat format has no system role)."""
     if not messages or messages[0].get("role") != "system":

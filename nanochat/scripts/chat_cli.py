@@ -2,8 +2,9 @@
 (`quit` or Ctrl-D leaves, `clear` starts over). Uses the KV-cache engine with the calculator tool."""
 
 from nanochat.checkpoint import check_run_id, load_model, run_id_from
-from nanochat.common import ArgumentParser, UsageError, compute_init, eval_autocast, run_main
+from nanochat.common import ArgumentParser, UsageError, compute_init, eval_autocast, run_main, terminal_text
 from nanochat.engine import Engine, context_limit
+from nanochat.tokenizer import TextStream
 from nanochat.trainer import nonnegative_float, nonnegative_int, positive_int
 
 
@@ -23,16 +24,20 @@ def build_parser():
 
 
 def reply(engine, tokenizer, conversation_ids, args, max_tokens=None) -> list:
-    """Stream the assistant's reply to stdout; returns its token ids (ending with <|assistant_end|>)."""
+    """Stream the assistant's reply to stdout, whole characters only and no terminal control character; returns its
+    token ids (ending with <|assistant_end|>)."""
     assistant_end = tokenizer.encode_special("<|assistant_end|>")
     out = []
+    text = TextStream(tokenizer)
     for column, _ in engine.generate(conversation_ids, num_samples=1, max_tokens=max_tokens or args.max_tokens,
                                      temperature=args.temperature, top_k=args.top_k):
         token = column[0]
         out.append(token)
         if token in (assistant_end, tokenizer.get_bos_token_id()):
             break
-        print(tokenizer.decode([token]), end="", flush=True)
+        piece = text.push(token)
+        if piece:
+            print(terminal_text(piece), end="", flush=True)
     print(flush=True)
     if not out or out[-1] != assistant_end:
         out.append(assistant_end)

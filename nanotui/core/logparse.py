@@ -11,12 +11,14 @@ from .events import (
     BatchChoice, BatchProbe, CheckpointSaved, Config, CoreMetric, Divergence, EndOfRun, Error, EvalProgress,
     EvalResult, Event, Oom, Raw, ResumedFrom, Sample, Step, StepMetrics, StopRequested, ValBpb, ValLoss, new_step,
 )
+from .termtext import displayable
 from .wandbinfo import parse_wandb
 
 __all__ = ["parse_line", "clean_line", "strip_ansi", "LogParser", "parse_text"]
 
-# CSI (ESC [ ... final), OSC (ESC ] ... BEL | ESC \), and two-byte escapes (ESC x).
-_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL | ESC \), and the short escapes: ESC, intermediates, one final
+# (ESC c resets the terminal, ESC 7 saves the cursor, ESC ( 0 selects line drawing).
+_ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
 
 # Fast path for the common base/mid line (2025-11 and 2026 spellings); anything else goes field by field.
 _STEP_FAST_RE = re.compile(
@@ -67,7 +69,8 @@ def strip_ansi(text: str) -> str:
 
 
 def clean_line(line: str) -> str:
-    """One raw line -> what a terminal shows: the last non-empty `\\r` segment, ANSI stripped, right-trimmed."""
+    """One raw line -> what a terminal shows: the last non-empty `\\r` segment, ANSI stripped, right-trimmed, and
+    no control character left (a stray ESC c or SO that a log line carries would reset or garble the dashboard)."""
     if "\r" in line:
         shown = ""
         for segment in reversed(line.split("\r")):
@@ -75,8 +78,8 @@ def clean_line(line: str) -> str:
             if segment:
                 shown = segment
                 break
-        return shown
-    return strip_ansi(line).rstrip() if "\x1b" in line else line.rstrip()
+        return displayable(shown, "")
+    return displayable(strip_ansi(line) if "\x1b" in line else line, "").rstrip()
 
 
 def _num(text: str) -> Optional[float]:

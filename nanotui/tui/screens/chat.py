@@ -11,15 +11,17 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from nanotui.core.chatfmt import segments
+from nanotui.core.termtext import displayable
 
 STYLE = {"calc": "bold black on yellow", "result": "bold black on green"}
 LABEL = {"calc": " calc ", "result": " = "}
 
 
 def reply_text(reply: str) -> Text:
-    """The assistant's text with the calculator's calls and results as labelled chips."""
+    """The assistant's text with the calculator's calls and results as labelled chips. Control characters the model
+    produced (ESC, SO, C1...) are drawn as U+FFFD: reaching the terminal, they would clear or reset it."""
     out = Text()
-    for kind, part in segments(reply):
+    for kind, part in segments(displayable(reply)):
         if kind == "text":
             out.append(part)
         else:
@@ -142,6 +144,7 @@ class ChatScreen(Screen):
             self.messages.append({"role": "assistant", "content": self.reply})
         elif self.messages and self.messages[-1]["role"] == "user":
             self.messages.pop()
+        error = displayable(error) if error else error
         if self._bubble is not None:
             shown = reply_text(self.reply)
             if stopped:
