@@ -18,4 +18,6 @@ def has_controls(text: str) -> bool:
 def displayable(text: str, replacement: str = "\ufffd") -> str:
     """`text` with every terminal control character (C0 but tab and newline, DEL, C1) replaced by `replacement`
     (U+FFFD by default, so the reader sees that something was there; "" drops them)."""
-    return _CONTROL_RE.sub(replacement, text) if _CONTROL_RE.search(text) else text
+    if text.isprintable():  # the common case, checked in C: no control character at all
+        return text
+    return _CONTROL_RE.sub(replacement, text)
