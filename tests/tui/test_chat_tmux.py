@@ -2,9 +2,7 @@
 `m` opens the chat, a typed message gets a streamed reply from chat_web, Esc goes back, chat_web is stopped."""
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tmux_helpers import tmux, wait_for_screen
 from tui_helpers import recorded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,19 +20,8 @@ pytestmark = [pytest.mark.slow,
 SESSION = "nanotui-chat-e2e"
 
 
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=30).stdout
-
-
 def wait_for(pattern: str, timeout: float) -> str:
-    deadline = time.time() + timeout
-    screen = ""
-    while time.time() < deadline:
-        screen = tmux("capture-pane", "-p", "-t", SESSION)
-        if re.search(pattern, screen):
-            return screen
-        time.sleep(0.5)
-    raise AssertionError(f"{pattern!r} never appeared; last screen:\n{screen}")
+    return wait_for_screen(SESSION, pattern, timeout)
 
 
 def chat_servers(run_id: str) -> list[psutil.Process]:

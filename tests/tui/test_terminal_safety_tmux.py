@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tmux_helpers import tmux, wait_for_screen
 from tui_helpers import recorded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,19 +19,8 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not i
 SESSION = "nanotui-escapes"
 
 
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=30).stdout
-
-
 def wait_for(pattern: str, timeout: float) -> str:
-    deadline = time.time() + timeout
-    screen = ""
-    while time.time() < deadline:
-        screen = tmux("capture-pane", "-p", "-t", SESSION)
-        if re.search(pattern, screen):
-            return screen
-        time.sleep(0.5)
-    raise AssertionError(f"{pattern!r} never appeared; last screen:\n{screen}")
+    return wait_for_screen(SESSION, pattern, timeout)
 
 
 def settled(timeout: float = 3.0) -> str:
